@@ -1,0 +1,1 @@
+"""Build recipes (one per source) and training configs, shipped as package data."""

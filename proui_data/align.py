@@ -1,0 +1,98 @@
+"""Similarity alignment of a face to the 128x128 template.
+
+Template (x, y in HR pixels, pixel centres at integer coordinates), order: right-eye centre (image left),
+left-eye centre, nose tip, right mouth corner, left mouth corner:
+
+    (49.75, 66.6) (77.25, 66.6) (63.5, 82.6) (51.1, 95.5) (75.9, 95.5)
+
+Where it comes from: CelebA's own `img_align_celeba` geometry. We ran dlib's 68-point predictor on 390 of
+400 CelebA *train-partition* images (178x218) and averaged the five points (eye centres = mean of points
+36-41 / 42-47, nose 30, mouth 48 / 54): (69.5, 112.6) (107.6, 112.7) (88.1, 134.9) (71.3, 152.8)
+(105.8, 152.8). The crop is the central 178x178 square of that frame (rows 20..197) scaled by 128/178,
+the crop face-hallucination papers use for CelebA at 128x128; the result was then made symmetric about
+x = 63.5. `benchmarks/template.py` recomputes it.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+HR_SIZE = 128
+TEMPLATE_5 = np.array(
+    [[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]], dtype=np.float64
+)
+# Mean dlib HOG face box on CelebA aligned 178x218 frames (same 390 images): x0, y0, x1, y1.
+CELEBA_ALIGNED_BOX = (43.0, 88.0, 133.0, 177.0)
+
+
+def landmarks68_to_5(landmarks: np.ndarray) -> np.ndarray:
+    """(68,2) iBUG points -> (5,2) eye centres, nose tip, mouth corners (template order)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping src -> dst.
+
+    Umeyama (1991). Returns a (2,3) float64 affine matrix.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.shape[0] < 2 or not np.isfinite(src).all():
+        raise ValueError(f"need >= 2 finite point pairs, got {src.shape} -> {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s_c, d_c = src - mu_s, dst - mu_d
+    var_s = (s_c**2).sum() / len(src)
+    if var_s < 1e-12:
+        raise ValueError("degenerate source points (all coincide)")
+    cov = d_c.T @ s_c / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1] = -1.0
+    rot = u @ np.diag(d) @ vt
+    scale = (sig * d).sum() / var_s
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
+
+
+def apply_transform(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (...,2) points through a (2,3) affine matrix (NaN stays NaN)."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The (2,3) affine `outer ∘ inner`."""
+    a = np.vstack([outer, [0, 0, 1]]) @ np.vstack([inner, [0, 0, 1]])
+    return a[:2]
+
+
+def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE) -> np.ndarray:
+    """Warp `image` with the (2,3) map `m` into a size x size crop.
+
+    A large reduction is first done with area averaging, so that the bilinear warp does not alias.
+    Pixels outside the source are filled by edge replication (reflection would mirror faces).
+    """
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if scale < 0.5:
+        f = min(1.0, 2.0 * scale)  # leave the warp a reduction of about 2x, which bilinear handles
+        small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        # Pixel centres: x_small = (x + 0.5) * f_eff - 0.5, per axis (cv2.resize rounds the size).
+        fx = small.shape[1] / image.shape[1]
+        fy = small.shape[0] / image.shape[0]
+        to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
+        m = compose(m, np.linalg.inv(np.vstack([to_small, [0, 0, 1]]))[:2])
+        image = small
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _celeba_frame_to_hr(x: float, y: float) -> tuple[float, float]:
+    s = HR_SIZE / 178.0
+    return x * s, (y - 20.0) * s
+
+
+# The same face box in HR pixels: where the shape predictor looks on an already aligned face.
+TEMPLATE_BOX = _celeba_frame_to_hr(*CELEBA_ALIGNED_BOX[:2]) + _celeba_frame_to_hr(*CELEBA_ALIGNED_BOX[2:])

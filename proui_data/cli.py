@@ -1,0 +1,148 @@
+"""`proui-data`: build, info, verify and preview sharded face stores."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from . import __version__
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="proui-data")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Build, inspect and check face-hallucination stores (sharded zarr v3)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--source", "source_name", required=True, type=click.Choice(["celeba", "helen", "folder", "hf", "demo"]))
+@click.option("--root", type=click.Path(), help="Dataset folder (celeba, helen, folder).")
+@click.option("--name", "hf_name", help="Hugging Face dataset: hub id or save_to_disk folder (--source hf).")
+@click.option("--out", required=True, help="Output store: a path or an fsspec URL.")
+@click.option("--recipe", "recipe_path", type=click.Path(), help="Recipe TOML (default: pipelines/<source>.toml).")
+@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
+@click.option("--limit", type=int, help="Only the first N samples of each split.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Dask LocalCluster worker processes (0: run in this process).")
+@click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:PORT) instead of --workers.")
+@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, seed, overwrite, no_progress):
+    """Build a store from a source. Rerunning the same command resumes a killed build."""
+    from .pipeline import StoreMismatch, plan_build, summarize
+    from .recipe import RecipeError, load_recipe
+    from .runner import run_plan
+    from .sources import SourceError, get_source
+
+    if limit is not None and limit < 1:
+        _fail("--limit must be >= 1")
+    if workers < 0:
+        _fail("--workers must be >= 0")
+    try:
+        recipe = load_recipe(recipe_path, source_name)
+        if seed is not None:
+            recipe = recipe.replace(seed=seed)
+        source = get_source(source_name, root, hf_name)
+        plan = plan_build(source, recipe, out, split, limit, overwrite)
+    except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
+        _fail(str(e))
+    n = sum(len(v) for v in plan.splits.values())
+    click.echo(f"{source_name}: {n} samples in {', '.join(f'{s}={len(v)}' for s, v in plan.splits.items())}; "
+               f"{len(plan.todo)} shards to write, {plan.skipped} already finished")
+    unassigned = plan.source.describe().get("unassigned_images")
+    if unassigned:
+        click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
+    run = run_plan(plan, workers=workers, scheduler=scheduler, progress=not no_progress)
+    totals = summarize(out)
+    click.echo(f"wrote {run['samples']} samples ({run['valid']} valid) in {run['shards_written']} shards, "
+               f"{run['seconds']:.1f} s, {run['samples_per_s']:.1f} samples/s; skipped {run['shards_skipped']} "
+               "finished shards")
+    for s, c in totals.items():
+        rej = ", ".join(f"{k}: {v}" for k, v in c["rejects"].items()) or "none"
+        click.echo(f"  {s}: {c['valid']}/{c['samples']} valid; rejected: {rej}")
+
+
+@main.command()
+@click.argument("store_url")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(store_url, as_json):
+    """Schema, counts, reject reasons and recipe of a store."""
+    from . import store as st
+    from .pipeline import summarize
+
+    try:
+        root = st.open_root(store_url, mode="r")
+    except Exception as e:  # noqa: BLE001
+        _fail(f"cannot open {store_url}: {e}")
+    counts = summarize(store_url)
+    schema = {}
+    for s in st.splits_of(root):
+        g = root[s]
+        schema[s] = {a: {"shape": list(g[a].shape), "dtype": str(g[a].dtype),
+                         "shard": list(g[a].shards or g[a].chunks), "chunk": list(g[a].chunks)}
+                     for a in g.array_keys() if a != st.DONE}
+    attrs = dict(root.attrs)
+    if as_json:
+        click.echo(json.dumps({"attrs": attrs, "counts": counts, "schema": schema}, indent=2, default=str))
+        return
+    click.echo(f"store {store_url}  format {attrs.get('proui_format')}  source {attrs.get('source', {}).get('name')}"
+               f"  seed {attrs.get('seed')}  fingerprint {attrs.get('fingerprint')}")
+    for s, c in counts.items():
+        click.echo(f"[{s}] {c['valid']}/{c['samples']} valid, shards {c['shards_done']}/{c['shards']} finished")
+        for reason, k in c["rejects"].items():
+            click.echo(f"    rejected {reason}: {k}")
+        for a, d in schema[s].items():
+            click.echo(f"    {a:18s} {str(tuple(d['shape'])):22s} {d['dtype']:8s} shard {d['shard'][0]} chunk {d['chunk'][0]}")
+        g = root[s]
+        if "occlusion_kind" in g.array_keys():
+            from .info import occlusion_histogram
+
+            click.echo(occlusion_histogram(g))
+    click.echo("recipe: " + json.dumps(attrs.get("recipe"), sort_keys=True))
+
+
+@main.command()
+@click.argument("store_url")
+def verify(store_url):
+    """Read every shard and check shapes, value ranges and landmarks; exit 1 on damage."""
+    from .verify import verify_store
+
+    problems, counts = verify_store(store_url)
+    for s, c in counts.items():
+        click.echo(f"{s}: {c['valid']}/{c['samples']} valid")
+    if problems:
+        for p in problems:
+            click.echo(f"DAMAGE: {p}", err=True)
+        click.echo(f"verify failed: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo("verify ok")
+
+
+@main.command()
+@click.argument("store_url", required=False, default="demo.zarr")
+@click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
+@click.option("--n", default=64, show_default=True, help="Number of samples.")
+@click.option("--split", help="Split to show (default: the first).")
+def preview(store_url, out, n, split):
+    """Write a PNG grid of HR / LR / landmarks (and priors and occlusions when present)."""
+    from .preview import write_preview
+
+    try:
+        w, h = write_preview(store_url, out, n, split)
+    except (ValueError, OSError, KeyError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {out} ({w}x{h})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Robust image decoding: bytes in, RGB uint8 out, or a `DecodeError` whose message becomes a reject reason.
+
+Handles EXIF orientation, CMYK, 16-bit and float images, palette/alpha images, grayscale, truncated or
+corrupt files, and decompression bombs. Images larger than `max_side` are reduced on decode; the returned
+`scale` (decoded pixels per source pixel) keeps coordinates exact, so the stored `transform` still maps
+source-image pixels (in EXIF-corrected orientation) to HR pixels.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Pillow's own bomb check triggers at ~89 Mpx (warning) and 179 Mpx (error); we bound it ourselves.
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_SIDE = 2048
+
+
+class DecodeError(ValueError):
+    """The bytes are not a usable image; `reason` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Decoded:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    scale: float  # decoded pixels per source pixel (1.0 unless the image was reduced)
+    source_size: tuple[int, int]  # (width, height) of the source after EXIF orientation
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Transparent pixels carry no face: composite on mid grey rather than on black or white extremes.
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE) -> Decoded:
+    """Decode image bytes into RGB uint8 (see module docstring). Raises `DecodeError`."""
+    if not data:
+        raise DecodeError("empty_file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DecodeError("too_large", f"{w}x{h} exceeds {max_pixels} pixels")
+            if max(w, h) > max_side and img.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a huge photo then costs a fraction.
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            loaded_size = img.size
+            img = ImageOps.exif_transpose(img)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError("too_large", str(e)) from None
+    except Image.DecompressionBombWarning as e:
+        raise DecodeError("too_large", str(e)) from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+        msg = str(e) or type(e).__name__
+        tag = "truncated" if "truncated" in msg else "corrupt"
+        raise DecodeError(tag, msg) from None
+    # The source frame is the EXIF-oriented one: a 90-degree orientation swaps the axes.
+    swapped = img.size != loaded_size
+    src_w, src_h = (h, w) if swapped else (w, h)
+    rgb = _to_rgb(img)
+    if max(rgb.size) > max_side:
+        f = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.size[0] * f)), max(1, round(rgb.size[1] * f))), Image.LANCZOS)
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 8:
+        raise DecodeError("too_small", f"decoded shape {arr.shape}")
+    return Decoded(rgb=np.ascontiguousarray(arr), scale=arr.shape[1] / src_w, source_size=(src_w, src_h))

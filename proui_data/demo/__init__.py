@@ -1,0 +1,1 @@
+"""The embedded public-domain demo photos."""

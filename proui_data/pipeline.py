@@ -1,0 +1,241 @@
+"""The build: source -> decode -> landmarks -> align -> degrade -> priors -> occlude -> write shard.
+
+`process_item` is the per-sample flow and never raises for bad input: a sample that cannot be made is a
+row with `valid=False` and a reject reason. `build_shard` owns one shard of one split (the Dask task).
+`build` plans the shards, skips finished ones (resume), runs the rest on a Dask cluster and summarises.
+Every random choice is seeded from (recipe seed, sample key), never from order or worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import align, store
+from .decode import DecodeError, decode_image
+from .degrade import DegradeConfig, degrade
+from .detect import NoFace, locate_face
+from .recipe import Recipe
+from .schema import Field, core_fields, occlusion_fields, prior_fields
+from .sources import Item, Source
+
+log = logging.getLogger(__name__)
+
+
+def fields_for(recipe: Recipe, source: Source) -> list[Field]:
+    """The arrays a build with this recipe writes."""
+    fields = core_fields(len(source.attribute_names))
+    if recipe.priors.enabled:
+        fields += prior_fields(recipe.priors.heatmap_size)
+    if recipe.occlusion is not None:
+        fields += occlusion_fields()
+    return fields
+
+
+def sample_rng(seed: int, key: str, stream: str) -> np.random.Generator:
+    """A generator that depends only on (seed, sample key, purpose)."""
+    digest = hashlib.blake2b(f"{key}\0{stream}".encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+
+def _reject(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    row["valid"] = False
+    row["reject_reason"] = reason
+    return row
+
+
+def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
+    return None if x is None else np.asarray(x, dtype=np.float64) * s
+
+
+def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]) -> dict[str, Any]:
+    """One sample through the whole flow; returns one value per field (see module docstring)."""
+    row: dict[str, Any] = {f.name: f.empty(1)[0] for f in fields}
+    row["key"] = item.key
+    row["identity"] = item.identity
+    if item.attributes is not None and "attributes" in row:
+        row["attributes"] = item.attributes
+
+    # decode
+    try:
+        decoded = decode_image(source.read(item), recipe.decode.max_pixels, recipe.decode.max_side)
+    except DecodeError as e:
+        return _reject(row, f"decode:{e.reason}")
+    except OSError as e:
+        return _reject(row, f"read_error:{type(e).__name__}")
+    rgb, s = decoded.rgb, decoded.scale
+
+    # landmarks (in decoded-image pixels)
+    det = recipe.detect
+    annotated = _scaled(item.landmarks, s)
+    if annotated is not None and (annotated.shape[0] not in (5, 68) or not np.isfinite(annotated).all()):
+        annotated = None
+    use_annotation = det.landmarks in ("auto", "annotation") and annotated is not None
+    if det.landmarks == "annotation" and annotated is None:
+        return _reject(row, "annotation_missing")
+    landmarks68 = None
+    try:
+        if use_annotation and annotated.shape[0] == 68:
+            landmarks68, lm_source = annotated, "annotation"
+            points5 = align.landmarks68_to_5(landmarks68)
+        elif use_annotation:
+            # 5 points align the face; the 68 come from the predictor in the template's face box.
+            points5, lm_source = annotated, "annotation5"
+            m = align.similarity_transform(points5, align.TEMPLATE_5)
+            box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
+                                            np.array(align.TEMPLATE_BOX).reshape(2, 2))
+            landmarks68 = locate_face(rgb, given_box=tuple(box_src.ravel())).landmarks
+            lm_source = "annotation5+dlib"
+        else:
+            prior = tuple(np.asarray(source.prior_box) * s) if det.prior_box and source.prior_box else None
+            found = locate_face(rgb, det.upsample, prior_box=prior)
+            landmarks68, lm_source = found.landmarks, found.source
+            points5 = align.landmarks68_to_5(landmarks68)
+    except NoFace as e:
+        return _reject(row, str(e))
+
+    eye_distance = float(np.linalg.norm(points5[1] - points5[0]))
+    if eye_distance < det.min_eye_distance * s:
+        return _reject(row, "face_too_small")
+
+    # align
+    try:
+        m = align.similarity_transform(points5, align.TEMPLATE_5)
+    except ValueError:
+        return _reject(row, "degenerate_landmarks")
+    hr = align.warp_to_template(rgb, m)
+    lm_hr = align.apply_transform(m, landmarks68).astype(np.float32)
+
+    # degrade
+    d = recipe.degrade
+    lr = degrade(hr, DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality),
+                 sample_rng(recipe.seed, item.key, "degrade"))
+
+    row.update(
+        hr=hr,
+        lr=lr,
+        landmarks=lm_hr,
+        transform=align.compose(m, np.diag([s, s, 1.0])[:2]).astype(np.float32),
+        landmark_source=lm_source,
+        valid=True,
+    )
+    for hook in EXTRA_STEPS:
+        hook(row, item, rgb, m, recipe)
+    return row
+
+
+# Later stages (priors, occlusion) append themselves here: f(row, item, rgb, m, recipe) -> None.
+EXTRA_STEPS: list[Callable[..., None]] = []
+
+
+def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, split: str, k: int,
+                storage_options: dict | None = None) -> dict[str, Any]:
+    """The unit of work: make every sample of shard k and write the shard once."""
+    t0 = time.perf_counter()
+    fields = fields_for(recipe, source)
+    rows = [process_item(it, source, recipe, fields) for it in items]
+    block = {}
+    for f in fields:
+        b = f.empty(len(rows))
+        for i, r in enumerate(rows):
+            b[i] = r[f.name]
+        block[f.name] = b
+    group = store.open_root(url, mode="r+", storage_options=storage_options)[split]
+    store.write_shard(group, fields, k, block)
+    reasons = Counter(r["reject_reason"] for r in rows if not r["valid"])
+    return {"split": split, "shard": k, "n": len(rows), "valid": sum(bool(r["valid"]) for r in rows),
+            "rejects": dict(reasons), "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class Plan:
+    url: str
+    splits: dict[str, list[Item]]
+    recipe: Recipe
+    source: Source
+    fields: list[Field]
+    fingerprint: str
+    todo: list[tuple[str, int]] = field(default_factory=list)
+    skipped: int = 0
+
+
+def fingerprint(recipe: Recipe, source: Source, splits: dict[str, list[Item]]) -> str:
+    """What makes two builds the same store: recipe, source and the exact sample keys."""
+    h = hashlib.sha256(json.dumps([recipe.to_dict(), source.describe()], sort_keys=True, default=str).encode())
+    for s in sorted(splits):
+        h.update(s.encode())
+        for it in splits[s]:
+            h.update(b"\0" + it.key.encode())
+    return h.hexdigest()[:16]
+
+
+class StoreMismatch(RuntimeError):
+    pass
+
+
+def plan_build(source: Source, recipe: Recipe, url: str, split: str = "all", limit: int | None = None,
+               overwrite: bool = False, storage_options: dict | None = None) -> Plan:
+    """Enumerate samples, create or reopen the store, and list the shards still to write."""
+    names = source.splits() if split == "all" else [split]
+    if split != "all" and split not in source.splits():
+        raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
+    splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
+    splits = {s: v for s, v in splits.items() if v}
+    if not splits:
+        raise ValueError("nothing to build: the chosen split(s) have no samples")
+    fields = fields_for(recipe, source)
+    fp = fingerprint(recipe, source, splits)
+    plan = Plan(url, splits, recipe, source, fields, fp)
+    attrs = store.root_attributes(recipe.to_dict(), source.describe(), recipe.seed, fp,
+                                  {"size": align.HR_SIZE, "points5": align.TEMPLATE_5.tolist()})
+    root = None
+    if not overwrite:
+        try:
+            root = store.open_root(url, mode="r+", storage_options=storage_options)
+        except (FileNotFoundError, KeyError, ValueError):
+            root = None
+        if root is not None and root.attrs.get("fingerprint") not in (None, fp):
+            raise StoreMismatch(
+                f"{url} holds a build of a different recipe, source or sample list "
+                f"(fingerprint {root.attrs.get('fingerprint')} != {fp}); use --overwrite to start again "
+                "or choose another --out")
+    if root is None:
+        root = store.open_root(url, mode="w" if overwrite else "a", storage_options=storage_options)
+    root.attrs.update(attrs)
+    st = recipe.store
+    for s, items in splits.items():
+        group = store.create_split(root, s, len(items), fields, st.shard_size, st.chunk_size, st.zstd_level)
+        done = store.finished_shards(group)
+        for k in range(len(done)):
+            if done[k]:
+                plan.skipped += 1
+            else:
+                plan.todo.append((s, k))
+    if attrs.get("source", {}).get("attribute_names") is None and source.attribute_names:
+        root.attrs["attribute_names"] = list(source.attribute_names)
+    return plan
+
+
+def shard_items(plan: Plan, s: str, k: int) -> list[Item]:
+    size = plan.recipe.store.shard_size
+    return plan.splits[s][k * size:(k + 1) * size]
+
+
+def summarize(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Counts per split and reject reasons, read back from the store."""
+    root = store.open_root(url, mode="r", storage_options=storage_options)
+    out = {}
+    for s in store.splits_of(root):
+        g = root[s]
+        valid = g["valid"][:]
+        reasons = Counter(str(r) for r in g["reject_reason"][:][~valid])
+        done = store.finished_shards(g)
+        out[s] = {"samples": int(valid.size), "valid": int(valid.sum()), "rejects": dict(sorted(reasons.items())),
+                  "shards": int(done.size), "shards_done": int(done.sum())}
+    return out

@@ -1,0 +1,181 @@
+"""Build recipes: declarative TOML files in `pipelines/`, validated into dataclasses.
+
+Unknown keys are errors (a typo must not silently fall back to a default). `load_recipe(None, source)`
+gives the shipped default for a source (`pipelines/<source>.toml`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RecipeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DecodeRecipe:
+    max_pixels: int = 64_000_000  # decompression-bomb bound
+    max_side: int = 2048  # larger photos are reduced on decode
+
+
+@dataclass(frozen=True)
+class DetectRecipe:
+    # "auto": the source's annotation when it has one, else the detector; "annotation": annotation or reject;
+    # "dlib": always the detector.
+    landmarks: str = "auto"
+    upsample: int = 0  # HOG pyramid upsampling (1 finds smaller faces, ~4x slower)
+    prior_box: bool = True  # try the source's expected face box when HOG finds nothing (aligned sources)
+    min_eye_distance: float = 8.0  # source pixels; smaller faces are rejected
+
+
+@dataclass(frozen=True)
+class DegradeRecipe:
+    scale: int = 8
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    noise_sigma: tuple[float, float] = (0.0, 0.0)
+    jpeg_quality: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class StoreRecipe:
+    shard_size: int = 256  # samples per shard (one object per array per shard)
+    chunk_size: int = 32  # samples per inner chunk (random-access granularity)
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class PriorsRecipe:
+    enabled: bool = False
+    heatmap_size: int = 64
+    heatmap_sigma: float = 1.5
+    parsing: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: str = ""
+    seed: int = 0
+    decode: DecodeRecipe = field(default_factory=DecodeRecipe)
+    detect: DetectRecipe = field(default_factory=DetectRecipe)
+    degrade: DegradeRecipe = field(default_factory=DegradeRecipe)
+    store: StoreRecipe = field(default_factory=StoreRecipe)
+    priors: PriorsRecipe = field(default_factory=PriorsRecipe)
+    occlusion: dict | None = None  # validated by proui_data.occlusion.OcclusionConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **kw: Any) -> "Recipe":
+        return dataclasses.replace(self, **kw)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items() if v is not None}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a table, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise RecipeError(f"{key}: expected a list of {len(default)} numbers, got {value!r}")
+            kwargs[name] = tuple(type(d)(v) for d, v in zip(default, value))
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise RecipeError(f"{key}: expected true/false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RecipeError(f"{key}: expected a number, got {value!r}")
+            if isinstance(default, int) and not float(value).is_integer():
+                raise RecipeError(f"{key}: expected an integer, got {value!r}")
+            kwargs[name] = type(default)(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise RecipeError(f"{key}: expected a string, got {value!r}")
+            kwargs[name] = value
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check(r: Recipe) -> Recipe:
+    if r.detect.landmarks not in ("auto", "annotation", "dlib"):
+        raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib")
+    if r.degrade.scale != 8:
+        raise RecipeError("degrade.scale: the store contract is 128x128 HR and 16x16 LR, so scale must be 8")
+    s = r.store
+    if s.shard_size < 1 or s.chunk_size < 1 or s.shard_size % s.chunk_size:
+        raise RecipeError(f"store: shard_size ({s.shard_size}) must be a positive multiple of chunk_size ({s.chunk_size})")
+    if r.occlusion is not None:
+        from .occlusion import OcclusionConfig
+
+        try:
+            OcclusionConfig.from_dict(r.occlusion)
+        except ValueError as e:
+            raise RecipeError(f"occlusion: {e}") from None
+    return r
+
+
+def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
+    """Validate a recipe table (as read from TOML)."""
+    try:
+        occ = data.get("occlusion")
+        rest = {k: v for k, v in data.items() if k != "occlusion"}
+        r = _build(Recipe, rest, "")
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    if occ is not None:
+        if not isinstance(occ, dict):
+            raise RecipeError(f"{where}: occlusion: expected a table")
+        r = r.replace(occlusion=occ)
+    try:
+        return _check(r)
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def default_recipe_path(source: str) -> importlib.resources.abc.Traversable:
+    return importlib.resources.files("proui_pipelines") / f"{source}.toml"
+
+
+def load_recipe(path: str | Path | None, source: str) -> Recipe:
+    """Read and validate a recipe file; None -> the shipped default for `source`."""
+    if path is None:
+        res = default_recipe_path(source)
+        if not res.is_file():
+            raise RecipeError(f"no default recipe for source {source!r} (expected pipelines/{source}.toml)")
+        text, where = res.read_text(), f"pipelines/{source}.toml"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        text, where = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{where}: invalid TOML: {e}") from None
+    r = parse_recipe(data, where)
+    if r.source and r.source != source:
+        raise RecipeError(f"{where} is a recipe for source {r.source!r}, not {source!r}")
+    return r.replace(source=source)

@@ -1,0 +1,109 @@
+"""Sharded zarr v3 store I/O: create the layout, write whole shards, track finished shards.
+
+The I/O boundary of the build. A shard is the unit of work: the task that owns shard k writes rows
+[k*S, (k+1)*S) of every array in one call each (a full-shard write is one object per array), then sets
+`_shard_done[k]`, an unsharded one-element-per-chunk array, so no two tasks ever touch the same object
+(partial concurrent writes into one shard lose data: zarr-python issue 3682). A killed build leaves
+shards that are either finished and marked or not marked; a rerun rewrites the unmarked ones.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from .schema import FORMAT_VERSION, Field
+
+DONE = "_shard_done"
+
+
+def open_root(url: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open the store's root group (local path or fsspec URL)."""
+    return zarr.open_group(url, mode=mode, zarr_format=3, storage_options=storage_options)
+
+
+def create_split(
+    root: zarr.Group, split: str, n: int, fields: list[Field], shard_size: int, chunk_size: int, level: int
+) -> zarr.Group:
+    """Create (or complete, when a killed run left it half made) a split group and its arrays."""
+    group = root.require_group(split)
+    n_shards = max(1, -(-n // shard_size))
+    group.attrs.update({"n_samples": n, "shard_size": shard_size, "n_shards": n_shards})
+    existing = set(group.array_keys())
+    for f in fields:
+        if f.name in existing:
+            arr = group[f.name]
+            if arr.shape != (n,) + f.shape:
+                raise RuntimeError(f"{split}/{f.name} has shape {arr.shape}, expected {(n,) + f.shape}")
+            continue
+        dtype = str if f.dtype == "str" else f.dtype
+        fill = f.fill
+        group.create_array(
+            f.name,
+            shape=(n,) + f.shape,
+            dtype=dtype,
+            chunks=(min(chunk_size, shard_size),) + f.shape,
+            shards=(shard_size,) + f.shape,
+            compressors=ZstdCodec(level=level),
+            fill_value=fill,
+            dimension_names=("sample",) + f.dims,
+            attributes={"doc": f.doc} if f.doc else {},
+        )
+    if DONE not in existing:
+        group.create_array(DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
+                           compressors=None)
+    return group
+
+
+def shard_range(k: int, shard_size: int, n: int) -> tuple[int, int]:
+    return k * shard_size, min((k + 1) * shard_size, n)
+
+
+def finished_shards(group: zarr.Group) -> np.ndarray:
+    """Boolean (n_shards,) of shards that were written completely."""
+    return group[DONE][:].astype(bool)
+
+
+def write_shard(group: zarr.Group, fields: list[Field], k: int, rows: dict[str, np.ndarray]) -> None:
+    """Write shard k of every field, then mark it finished (the mark goes last)."""
+    shard_size, n = group.attrs["shard_size"], group.attrs["n_samples"]
+    start, stop = shard_range(k, shard_size, n)
+    for f in fields:
+        block = rows[f.name]
+        if block.shape[0] != stop - start:
+            raise ValueError(f"shard {k} of {f.name}: {block.shape[0]} rows, expected {stop - start}")
+        group[f.name][start:stop] = block
+    group[DONE][k] = 1
+
+
+def read_column(group: zarr.Group, name: str) -> np.ndarray:
+    return group[name][:]
+
+
+def splits_of(root: zarr.Group) -> list[str]:
+    return [s for s in ("train", "val", "test") if s in root.group_keys()] + sorted(
+        s for s in root.group_keys() if s not in ("train", "val", "test")
+    )
+
+
+def root_attributes(recipe: dict, source: dict, seed: int, fingerprint: str, template: dict) -> dict[str, Any]:
+    from . import __version__
+    import importlib.metadata as md
+
+    versions = {"proui": __version__}
+    for pkg in ("zarr", "numpy", "dask", "distributed", "opencv-python-headless", "pillow", "dlib-bin", "torch"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "proui_format": FORMAT_VERSION,
+        "recipe": recipe,
+        "source": source,
+        "seed": seed,
+        "versions": versions,
+        "template": template,
+        "fingerprint": fingerprint,
+    }

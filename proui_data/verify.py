@@ -1,0 +1,94 @@
+"""`proui-data verify`: read every shard of every array and check shapes, value ranges and landmarks."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import align, store
+from .schema import FORMAT_VERSION
+
+# A valid sample's eye centres must sit near the template: alignment put them there.
+EYE_TOLERANCE_PX = 12.0
+LANDMARK_BOUNDS = (-64.0, 192.0)
+
+
+def _check_rows(name: str, block: np.ndarray, valid: np.ndarray, rows: slice, problems: list[str]) -> None:
+    where = f"{name}[{rows.start}:{rows.stop}]"
+    if name == "landmarks":
+        lm = block[valid]
+        if not np.isfinite(lm).all():
+            problems.append(f"{where}: non-finite landmarks in valid rows")
+            return
+        if lm.size and (lm.min() < LANDMARK_BOUNDS[0] or lm.max() > LANDMARK_BOUNDS[1]):
+            problems.append(f"{where}: landmarks outside {LANDMARK_BOUNDS}")
+        eyes = np.stack([lm[:, 36:42].mean(1), lm[:, 42:48].mean(1)], 1)
+        err = np.linalg.norm(eyes - align.TEMPLATE_5[:2], axis=-1).max(1) if len(lm) else np.zeros(0)
+        bad = np.flatnonzero(err > EYE_TOLERANCE_PX)
+        if bad.size:
+            problems.append(f"{where}: {bad.size} valid rows with eyes > {EYE_TOLERANCE_PX}px off the template")
+    elif name == "transform":
+        if not np.isfinite(block[valid]).all():
+            problems.append(f"{where}: non-finite transform in valid rows")
+    elif name == "hr":
+        flat = block[valid].reshape(int(valid.sum()), -1)
+        if flat.size and (flat.max(1) == flat.min(1)).any():
+            problems.append(f"{where}: constant HR image in a valid row")
+    elif name == "parsing":
+        if block.size and block.max() > 10:
+            problems.append(f"{where}: parsing class > 10")
+    elif name == "occlusion_ratio":
+        r = block[valid]
+        if r.size and (~np.isfinite(r) | (r < 0) | (r > 1)).any():
+            problems.append(f"{where}: occlusion ratio outside [0, 1]")
+
+
+def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[str], dict]:
+    """Return (problems, counts). No problems means every shard read back and passed the checks."""
+    problems: list[str] = []
+    counts: dict = {}
+    try:
+        root = store.open_root(url, mode="r", storage_options=storage_options)
+    except Exception as e:  # noqa: BLE001 - any failure to open is damage to report
+        return [f"cannot open store: {type(e).__name__}: {e}"], counts
+    if root.attrs.get("proui_format") != FORMAT_VERSION:
+        problems.append(f"root: proui_format is {root.attrs.get('proui_format')!r}, expected {FORMAT_VERSION}")
+    splits = store.splits_of(root)
+    if not splits:
+        problems.append("root: no split groups")
+    for s in splits:
+        g = root[s]
+        n, size = g.attrs.get("n_samples"), g.attrs.get("shard_size")
+        if n is None or size is None:
+            problems.append(f"{s}: missing n_samples/shard_size attributes")
+            continue
+        done = store.finished_shards(g)
+        if not done.all():
+            problems.append(f"{s}: {int((~done).sum())} of {done.size} shards not finished (rerun the build)")
+        names = [a for a in g.array_keys() if a != store.DONE]
+        for a in names:
+            arr = g[a]
+            if arr.shape[0] != n:
+                problems.append(f"{s}/{a}: {arr.shape[0]} rows, expected {n}")
+            if arr.shards is not None and arr.shards[0] != size:
+                problems.append(f"{s}/{a}: shard size {arr.shards[0]} != {size}")
+        try:
+            valid_all = g["valid"][:].astype(bool)
+            reasons = g["reject_reason"][:]
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{s}: cannot read valid/reject_reason: {e}")
+            continue
+        if any(not str(r) for r in reasons[~valid_all]):
+            problems.append(f"{s}: rejected rows without a reason")
+        if any(str(r) for r in reasons[valid_all]):
+            problems.append(f"{s}: valid rows with a reject reason")
+        for k in range(done.size):
+            start, stop = store.shard_range(k, size, n)
+            valid = valid_all[start:stop]
+            for a in names:
+                try:
+                    block = g[a][start:stop]
+                except Exception as e:  # noqa: BLE001 - a damaged shard
+                    problems.append(f"{s}/{a} shard {k}: unreadable: {type(e).__name__}: {e}")
+                    continue
+                _check_rows(a, block, valid, slice(start, stop), problems)
+        counts[s] = {"samples": int(n), "valid": int(valid_all.sum())}
+    return problems, counts
