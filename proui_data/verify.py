@@ -29,8 +29,8 @@ def _check_rows(name: str, block: np.ndarray, valid: np.ndarray, rows: slice, pr
         if not np.isfinite(block[valid]).all():
             problems.append(f"{where}: non-finite transform in valid rows")
     elif name == "hr":
-        flat = block[valid].reshape(int(valid.sum()), -1)
-        if flat.size and (flat.max(1) == flat.min(1)).any():
+        flat = block[valid].reshape(int(valid.sum()), int(np.prod(block.shape[1:])))
+        if len(flat) and (flat.max(1) == flat.min(1)).any():
             problems.append(f"{where}: constant HR image in a valid row")
     elif name == "parsing":
         if block.size and block.max() > 10:

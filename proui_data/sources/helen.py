@@ -77,7 +77,7 @@ class HelenSource(Source):
 
     def splits(self) -> list[str]:
         if self.folders:
-            return [s for s in ("train", "val", "test") if s in self.folders.values()]
+            return [s for s in ("train", "val", "test") if s in self.folders]
         if self.smith and self._smith_splits():
             return [s for s in ("train", "val", "test") if s in set(self._smith_splits().values())]
         return ["train"]

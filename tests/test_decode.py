@@ -1,0 +1,115 @@
+"""The corrupt-input zoo: every kind of bad or unusual image decodes correctly or is rejected with a reason."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from proui_data.decode import DecodeError, decode_image
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _gradient(w: int = 64, h: int = 48) -> np.ndarray:
+    x = np.linspace(0, 255, w)[None, :, None]
+    y = np.linspace(0, 255, h)[:, None, None]
+    return np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                           np.full((h, w, 1), 77.0)], axis=2).astype(np.uint8)
+
+
+def test_rgb_png_round_trip():
+    rgb = _gradient()
+    d = decode_image(_encode(Image.fromarray(rgb), "PNG"))
+    assert d.rgb.dtype == np.uint8 and d.rgb.shape == (48, 64, 3)
+    np.testing.assert_array_equal(d.rgb, rgb)
+    assert d.scale == 1.0 and d.source_size == (64, 48)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = _gradient()[..., 0]
+    d = decode_image(_encode(Image.fromarray(gray, "L"), "PNG"))
+    assert d.rgb.shape == (48, 64, 3)
+    np.testing.assert_array_equal(d.rgb[..., 0], gray)
+    np.testing.assert_array_equal(d.rgb[..., 1], d.rgb[..., 2])
+
+
+def test_cmyk_jpeg_is_converted():
+    rgb = _gradient()
+    d = decode_image(_encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95))
+    assert d.rgb.shape == (48, 64, 3)
+    assert np.abs(d.rgb.astype(int) - rgb).mean() < 8
+
+
+def test_16bit_png_is_scaled_to_8bit():
+    v = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    d = decode_image(_encode(Image.fromarray(v), "PNG"))
+    assert d.rgb.shape == (48, 64, 3)
+    assert d.rgb[0, 0, 0] == 0 and d.rgb[-1, -1, 0] == 255
+    assert abs(int(d.rgb[24, 32, 0]) - round(v[24, 32] / 257)) <= 1
+
+
+def test_rgba_is_composited_on_grey():
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :32, 3] = 255  # left half opaque, right half transparent
+    d = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert (d.rgb[:, :32] == 200).all() and (d.rgb[:, 32:] == 128).all()
+
+
+def test_exif_rotation_is_applied_and_frame_is_oriented():
+    rgb = _gradient(64, 48)
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    d = decode_image(_encode(img, "JPEG", quality=95, exif=exif.tobytes()))
+    assert d.rgb.shape == (64, 48, 3)
+    assert d.source_size == (48, 64)
+    # The top-left of the displayed image is the stored bottom-left (low x, high y).
+    assert abs(int(d.rgb[0, 0, 1]) - 255) < 12 and int(d.rgb[0, 0, 0]) < 12
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty_file"),
+    (b"this is not an image at all" * 10, "corrupt"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "corrupt"),
+])
+def test_garbage_is_rejected_with_a_reason(data, reason):
+    with pytest.raises(DecodeError) as e:
+        decode_image(data)
+    assert e.value.reason == reason
+
+
+def test_truncated_jpeg_is_rejected():
+    data = _encode(Image.fromarray(_gradient(256, 256)), "JPEG", quality=90)
+    with pytest.raises(DecodeError) as e:
+        decode_image(data[: len(data) // 2])
+    assert e.value.reason == "truncated"
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    # 9000 x 9000 = 81 Mpx of zeros compresses to a tiny PNG.
+    data = _encode(Image.new("L", (9000, 9000)), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(DecodeError) as e:
+        decode_image(data, max_pixels=64_000_000)
+    assert e.value.reason == "too_large"
+
+
+def test_large_jpeg_is_reduced_and_scale_reported():
+    rgb = np.kron(_gradient(300, 200), np.ones((16, 16, 1), np.uint8))  # 4800 x 3200
+    d = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=90), max_side=2048)
+    assert max(d.rgb.shape[:2]) <= 2048
+    assert d.source_size == (4800, 3200)
+    assert d.scale == pytest.approx(d.rgb.shape[1] / 4800)
+
+
+def test_tiny_image_is_rejected():
+    with pytest.raises(DecodeError) as e:
+        decode_image(_encode(Image.new("RGB", (4, 4)), "PNG"))
+    assert e.value.reason == "too_small"
