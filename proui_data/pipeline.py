@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -125,13 +125,13 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
         landmark_source=lm_source,
         valid=True,
     )
-    for hook in EXTRA_STEPS:
-        hook(row, item, rgb, m, recipe)
+
+    # priors
+    if recipe.priors.enabled:
+        from .priors import add_priors
+
+        add_priors(row, item, recipe.priors)
     return row
-
-
-# Later stages (priors, occlusion) append themselves here: f(row, item, rgb, m, recipe) -> None.
-EXTRA_STEPS: list[Callable[..., None]] = []
 
 
 def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, split: str, k: int,

@@ -50,7 +50,7 @@ class StoreRecipe:
 
 @dataclass(frozen=True)
 class PriorsRecipe:
-    enabled: bool = False
+    enabled: bool = True
     heatmap_size: int = 64
     heatmap_sigma: float = 1.5
     parsing: bool = True

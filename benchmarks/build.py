@@ -1,0 +1,84 @@
+"""Build throughput: our Dask build (1 and 2 workers) against a plain one-process loop that does the same
+per-sample transforms and writes PNG + .npy files. Prints samples/s, ratios to the loop measured in the same
+run, bytes per sample and peak RSS.
+
+    python benchmarks/build.py [--n 600] [--root ../shared/data/celeba]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from proui_data.pipeline import fields_for, plan_build, process_item
+from proui_data.recipe import load_recipe
+from proui_data.runner import run_plan
+from proui_data.sources import get_source
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def plain_loop(source, recipe, items, out: Path) -> float:
+    fields = fields_for(recipe, source)
+    t0 = time.perf_counter()
+    for it in items:
+        row = process_item(it, source, recipe, fields)
+        stem = out / it.key.replace("/", "_")
+        if row["valid"]:
+            cv2.imwrite(f"{stem}_hr.png", cv2.cvtColor(row["hr"], cv2.COLOR_RGB2BGR))
+            cv2.imwrite(f"{stem}_lr.png", cv2.cvtColor(row["lr"], cv2.COLOR_RGB2BGR))
+            if "parsing" in row:
+                cv2.imwrite(f"{stem}_parsing.png", row["parsing"])
+            np.save(f"{stem}_landmarks.npy", row["landmarks"])
+            if "heatmaps" in row:
+                np.save(f"{stem}_heatmaps.npy", row["heatmaps"])
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
+    args = ap.parse_args()
+    if not Path(args.root).is_dir():
+        sys.exit(f"CelebA root {args.root} not found (pass --root)")
+    source = get_source("celeba", args.root)
+    recipe = load_recipe(None, "celeba")
+    items = source.items("train")[: args.n]
+    tmp = Path(tempfile.mkdtemp(prefix="proui-bench-"))
+    try:
+        loop_dir = tmp / "loop"
+        loop_dir.mkdir()
+        t_loop = plain_loop(source, recipe, items, loop_dir)
+        rows = [("plain loop, PNG+npy", len(items) / t_loop, du(loop_dir) / len(items))]
+        for workers in (1, 2):
+            out = tmp / f"w{workers}.zarr"
+            plan = plan_build(source, recipe, str(out), "train", limit=args.n)
+            t0 = time.perf_counter()
+            run_plan(plan, workers=workers, progress=False)
+            dt = time.perf_counter() - t0  # includes cluster start-up
+            rows.append((f"proui build, {workers} worker(s)", len(items) / dt, du(out) / len(items)))
+        base = rows[0][1]
+        print(f"\n{len(items)} CelebA train images, recipe pipelines/celeba.toml, {os.cpu_count()} cores")
+        print(f"{'run':28s} {'samples/s':>10s} {'x loop':>8s} {'bytes/sample':>13s}")
+        for name, sps, bps in rows:
+            print(f"{name:28s} {sps:10.1f} {sps / base:8.2f} {bps:13,.0f}")
+        self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak RSS: driver {self_rss:.0f} MiB, largest worker process {child_rss:.0f} MiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
