@@ -1,0 +1,68 @@
+"""PSNR/SSIM against hand computations and the published bicubic figures of the FSRNet test sets."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from proui_train.metrics import psnr, quality, rgb_to_y, ssim
+
+
+def test_y_channel_matches_bt601():
+    img = torch.tensor([[255.0, 255.0, 255.0], [0.0, 0.0, 0.0], [255.0, 0.0, 0.0]]).T.reshape(1, 3, 3, 1)
+    y = rgb_to_y(img).flatten()
+    np.testing.assert_allclose(y.numpy(), [235.0, 16.0, 16 + 65.481], atol=1e-3)
+
+
+def test_psnr_by_hand_and_mask():
+    a = torch.zeros(1, 1, 4, 4)
+    b = a.clone()
+    b[..., 0, 0] = 16.0  # mse = 256 / 16 = 16
+    assert psnr(a, b).item() == pytest.approx(10 * np.log10(255**2 / 16))
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 0, 0] = 1
+    assert psnr(a, b, mask).item() == pytest.approx(10 * np.log10(255**2 / 256))
+    assert psnr(a, b, 1 - mask).item() > 100  # identical outside
+
+
+def test_quality_keys_and_mask_split():
+    rng = np.random.default_rng(1)
+    hr = torch.tensor(rng.uniform(0, 255, (2, 3, 32, 32)))
+    sr = hr.clone()
+    sr[..., :16, :] += 10.0
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., :16, :] = 1
+    q = quality(sr, hr, mask)
+    assert set(q) >= {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "psnr_y_in", "psnr_y_out", "ssim_y_in", "ssim_y_out"}
+    assert (q["psnr_y_out"] > 100).all() and (q["psnr_y_in"] < q["psnr_y"]).all()
+
+
+def test_ssim_identity_and_degradation():
+    rng = np.random.default_rng(0)
+    x = torch.tensor(cv2.GaussianBlur(rng.uniform(0, 255, (64, 64)), (0, 0), 3))[None, None]
+    assert ssim(x, x).item() == pytest.approx(1.0)
+    noisy = x + torch.tensor(rng.normal(0, 20, (64, 64)))[None, None]
+    s = ssim(x, noisy).item()
+    assert 0.0 < s < 0.9
+
+
+def _load(path) -> torch.Tensor:
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).double()
+
+
+@pytest.mark.parametrize("name,hr_dir,lr_dir,published_psnr,published_ssim", [
+    ("celeba", "celeba_val_1000_HR", "celeba_val_1000_LR_8x", 23.58, 0.6285),
+    ("helen", "helen_val_50_HR", "helen_val_50_LR_8x", 23.88, 0.6628),
+])
+def test_bicubic_baseline_on_fsrnet_sets(shared_data, name, hr_dir, lr_dir, published_psnr, published_ssim):
+    """The FSRNet LR files hold the 16x16 input already bicubic-upsampled to 128 (JPEG re-encoded)."""
+    root = shared_data / "benchmark" / "fsrnet"
+    files = sorted(p.name for p in (root / hr_dir).iterdir())
+    hr = torch.stack([_load(root / hr_dir / f) for f in files])
+    lr = torch.stack([_load(root / lr_dir / f) for f in files])
+    y_lr, y_hr = rgb_to_y(lr), rgb_to_y(hr)
+    p, s = psnr(y_lr, y_hr).mean().item(), ssim(y_lr, y_hr).mean().item()
+    # Measured: CelebA 23.53 / 0.6326, Helen 23.69 / 0.6600 (see README: the JPEG re-encoding of our copy).
+    assert abs(p - published_psnr) < 0.25 and abs(s - published_ssim) < 0.01
