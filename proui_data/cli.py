@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -35,12 +36,16 @@ def main(verbose: bool) -> None:
               help="Dask LocalCluster worker processes (0: run in this process).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:PORT) instead of --workers.")
 @click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--occlusion-seed", type=int, help="Override the recipe's occlusion seed (new masks, same faces).")
+@click.option("--occluders", type=click.Path(exists=True, file_okay=False),
+              help="Folder of RGBA occluder PNGs (glasses, masks, caps; MaskTheFace masks.cfg understood).")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, seed, overwrite, no_progress):
+def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, seed, occlusion_seed,
+          occluders, overwrite, no_progress):
     """Build a store from a source. Rerunning the same command resumes a killed build."""
     from .pipeline import StoreMismatch, plan_build, summarize
-    from .recipe import RecipeError, load_recipe
+    from .recipe import RecipeError, load_recipe, parse_recipe
     from .runner import run_plan
     from .sources import SourceError, get_source
 
@@ -52,6 +57,11 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
         recipe = load_recipe(recipe_path, source_name)
         if seed is not None:
             recipe = recipe.replace(seed=seed)
+        if occlusion_seed is not None:
+            recipe = recipe.replace(occlusion_seed=occlusion_seed)
+        if occluders is not None:
+            recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
+            recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")
         source = get_source(source_name, root, hf_name)
         plan = plan_build(source, recipe, out, split, limit, overwrite)
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:

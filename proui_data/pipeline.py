@@ -114,8 +114,8 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # degrade
     d = recipe.degrade
-    lr = degrade(hr, DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality),
-                 sample_rng(recipe.seed, item.key, "degrade"))
+    degrade_cfg = DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality)
+    lr = degrade(hr, degrade_cfg, sample_rng(recipe.seed, item.key, "degrade"))
 
     row.update(
         hr=hr,
@@ -131,7 +131,32 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
         from .priors import add_priors
 
         add_priors(row, item, recipe.priors)
+
+    # occlude: the clean hr/lr/landmarks/parsing stay the targets; the occluded face is degraded exactly
+    # like the clean one (same degradation draws).
+    if recipe.occlusion is not None:
+        occ = occlude_sample(hr, lm_hr, recipe, item.key)
+        row.update(
+            lr_occluded=degrade(occ.hr_occluded, degrade_cfg, sample_rng(recipe.seed, item.key, "degrade")),
+            occlusion_mask=occ.mask,
+            occlusion_kind=occ.kind,
+            occlusion_anchor=occ.anchor,
+            occlusion_ratio=np.float32(occ.ratio),
+        )
     return row
+
+
+def occlusion_config(recipe: Recipe):
+    from .occlusion import OcclusionConfig
+
+    return OcclusionConfig.from_dict(recipe.occlusion or {})
+
+
+def occlude_sample(hr: np.ndarray, landmarks: np.ndarray, recipe: Recipe, key: str):
+    """The sample's occlusion: a function of (hr, landmarks, recipe, occlusion seed, key) only."""
+    from .occlusion import occlude
+
+    return occlude(hr, landmarks, occlusion_config(recipe), sample_rng(recipe.occlusion_seed, key, "occlusion"))
 
 
 def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, split: str, k: int,

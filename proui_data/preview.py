@@ -2,7 +2,8 @@
 
 Per sample, left to right: HR with its 68 landmarks (green) and the template's eye/nose/mouth points
 (red crosses), the LR input scaled up (nearest), then when present the parsing map blended over the HR,
-the occlusion mask and the occluded LR input scaled up.
+the occluded HR (recomputed from the recipe and the sample key: occlusions are deterministic), the
+occluded LR input scaled up and the occlusion mask.
 """
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def sample_tiles(row: dict[str, np.ndarray]) -> list[np.ndarray]:
     if "parsing" in row:
         colour = PARSING_COLOURS[np.minimum(row["parsing"], 10)]
         tiles.append(cv2.addWeighted(hr, 0.45, colour, 0.55, 0))
-    if "occlusion_mask" in row:
-        tiles.append(np.repeat(row["occlusion_mask"][..., None], 3, axis=2))
+    if "hr_occluded" in row:
+        tiles.append(row["hr_occluded"])
     if "lr_occluded" in row:
         tiles.append(_up(row["lr_occluded"]))
+    if "occlusion_mask" in row:
+        tiles.append(np.repeat(row["occlusion_mask"][..., None], 3, axis=2))
     return tiles
 
 
@@ -53,10 +56,25 @@ def preview_grid(url: str, n: int = 64, split: str | None = None, per_row: int |
     idx = np.flatnonzero(g["valid"][:])[:n]
     if idx.size == 0:
         raise ValueError(f"{split}: no valid samples to preview")
-    names = [a for a in ("hr", "lr", "landmarks", "parsing", "occlusion_mask", "lr_occluded") if a in g.array_keys()]
+    names = [a for a in ("hr", "lr", "landmarks", "parsing", "occlusion_mask", "lr_occluded", "key")
+             if a in g.array_keys()]
     stop = int(idx[-1]) + 1
     data = {a: g[a][:stop] for a in names}  # contiguous read: whole shards, not one request per row
-    strips = [np.concatenate(sample_tiles({a: data[a][i] for a in names}), axis=1) for i in idx]
+    recipe = None
+    if "occlusion_mask" in names and root.attrs.get("recipe", {}).get("occlusion") is not None:
+        from .recipe import parse_recipe
+
+        recipe = parse_recipe(dict(root.attrs["recipe"]), "store recipe")
+    strips = []
+    for i in idx:
+        row = {a: data[a][i] for a in names}
+        if recipe is not None:
+            from .pipeline import occlude_sample
+
+            occ = occlude_sample(row["hr"], row["landmarks"], recipe, str(row["key"]))
+            if np.array_equal(occ.mask, row["occlusion_mask"]):  # shown only when it reproduces the store
+                row["hr_occluded"] = occ.hr_occluded
+        strips.append(np.concatenate(sample_tiles(row), axis=1))
     per_row = per_row or max(1, min(len(strips), int(math.ceil(math.sqrt(len(strips) * 128 / strips[0].shape[1] * 1.6)))))
     pad = np.full((strips[0].shape[0] + 4, strips[0].shape[1] + 4, 3), 255, np.uint8)
     cells = []

@@ -59,7 +59,8 @@ class PriorsRecipe:
 @dataclass(frozen=True)
 class Recipe:
     source: str = ""
-    seed: int = 0
+    seed: int = 0  # degradation draws
+    occlusion_seed: int = 0  # occlusion draws (change it for new masks on the same faces)
     decode: DecodeRecipe = field(default_factory=DecodeRecipe)
     detect: DetectRecipe = field(default_factory=DetectRecipe)
     degrade: DegradeRecipe = field(default_factory=DegradeRecipe)
@@ -131,9 +132,12 @@ def _check(r: Recipe) -> Recipe:
         from .occlusion import OcclusionConfig
 
         try:
-            OcclusionConfig.from_dict(r.occlusion)
+            occ = OcclusionConfig.from_dict(r.occlusion)
         except ValueError as e:
             raise RecipeError(f"occlusion: {e}") from None
+        if occ.variants != 1:
+            raise RecipeError("occlusion.variants: several variants per face are not supported yet; use 1 "
+                              "(or build again with another occlusion_seed)")
     return r
 
 
