@@ -1,0 +1,214 @@
+"""Pro-UIGAN losses: pixel L2, total variation, VGG style and perceptual terms, LSGAN, heatmap MSE.
+
+Term definitions and per-stage weights follow the authors' train.py (SEU-yang/Pro-UIGAN): L2 is MSE, TV is the
+mean absolute difference of neighbouring pixels, style is the L1 distance of Gram matrices, perceptual is the
+MSE of VGG features, the adversarial term is least-squares. Images are in [-1, 1], heatmaps in [0, 1].
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .models.vgg import VGGFeatureExtractor
+
+HR_SIZES = (16, 32, 64, 128)
+
+
+def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error."""
+    return F.mse_loss(pred, target)
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between heatmaps (B,L,H,W) in [0, 1]."""
+    if pred.shape != target.shape:
+        raise ValueError(f"heatmap shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    return F.mse_loss(pred, target)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic L1 total variation: mean |x[.., i, j+1] - x[.., i, j]| + mean |x[.., i+1, j] - x[.., i, j]|."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,C) = F F^T / (C*H*W), in float32 (sums over H*W overflow half precision's range)."""
+    b, c, h, w = features.shape
+    flat = features.float().reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def style_loss(pred_features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of the L1 distance between Gram matrices."""
+    if len(pred_features) != len(target_features) or not pred_features:
+        raise ValueError(f"need matching non-empty feature lists, got {len(pred_features)}, {len(target_features)}")
+    return sum(F.l1_loss(gram_matrix(p), gram_matrix(t)) for p, t in zip(pred_features, target_features))
+
+
+def perceptual_loss(pred_features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of the MSE between VGG feature maps."""
+    if len(pred_features) != len(target_features) or not pred_features:
+        raise ValueError(f"need matching non-empty feature lists, got {len(pred_features)}, {len(target_features)}")
+    return sum(F.mse_loss(p.float(), t.float()) for p, t in zip(pred_features, target_features))
+
+
+def _as_list(scores: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [scores] if isinstance(scores, torch.Tensor) else list(scores)
+
+
+def lsgan_generator_loss(d_fake: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """Generator side of LSGAN: mean (D(G(x)) - 1)^2, summed over discriminators (global, local, ...)."""
+    return sum(((d.float() - 1) ** 2).mean() for d in _as_list(d_fake))
+
+
+def lsgan_discriminator_loss(
+    d_real: torch.Tensor | Sequence[torch.Tensor], d_fake: torch.Tensor | Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Discriminator side of LSGAN: 0.5 * (mean (D(y) - 1)^2 + mean D(G(x))^2), summed over discriminators.
+
+    Pass the generator's output detached for d_fake.
+    """
+    real, fake = _as_list(d_real), _as_list(d_fake)
+    if len(real) != len(fake):
+        raise ValueError(f"{len(real)} real but {len(fake)} fake discriminator outputs")
+    return sum(0.5 * (((r.float() - 1) ** 2).mean() + (f.float() ** 2).mean()) for r, f in zip(real, fake))
+
+
+@dataclass(frozen=True)
+class StageLossWeights:
+    """Loss weights per stage (stage 1, 2, 3), as in the reference's train.py unless marked.
+
+    face_l2      L2 between the refined face and the HR at the stage's input resolution (16, 32, 64)
+    out_l2       L2 between the upsampled output and the HR at twice that (32, 64, 128)
+    heatmap      MSE between the refined heatmaps and the target heatmaps of the stage's landmarks
+    prior        MSE between the prior heatmaps and the same targets (ours: the reference's FAN prior was
+                 frozen); set 0 for an external, frozen estimator
+    tv           total variation of the upsampled output
+    style        Gram-matrix L1 between the upsampled output and the HR at 2x (needs VGG)
+    perceptual   VGG-feature MSE, applied to both the refined face and the upsampled output (needs VGG)
+    adversarial  LSGAN generator term on the final 128x128 output (a single weight)
+    """
+
+    face_l2: tuple[float, ...] = (10.0, 1.0, 1.0)
+    out_l2: tuple[float, ...] = (10.0, 1.0, 1.0)
+    heatmap: tuple[float, ...] = (1.0, 1.0, 1.0)
+    prior: tuple[float, ...] = (1.0, 1.0, 1.0)
+    tv: tuple[float, ...] = (0.1, 0.1, 0.01)
+    style: tuple[float, ...] = (10.0, 10.0, 1.0)
+    perceptual: tuple[float, ...] = (0.1, 0.01, 0.01)
+    adversarial: float = 1e-3
+
+    def __post_init__(self) -> None:
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name != "adversarial"}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"every per-stage weight needs one value per stage, got lengths {lengths}")
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.face_l2)
+
+
+def hr_pyramid(hr: torch.Tensor, sizes: Sequence[int] = HR_SIZES) -> dict[int, torch.Tensor]:
+    """HR faces (B,3,128,128) -> {size: HR area-downsampled to size x size}, the per-stage image targets."""
+    if hr.ndim != 4:
+        raise ValueError(f"hr must have shape (B, 3, H, W), got {tuple(hr.shape)}")
+    return {s: hr if hr.shape[-1] == s else F.interpolate(hr, size=(s, s), mode="area") for s in sizes}
+
+
+def make_targets(hr: torch.Tensor, heatmaps: Mapping[int, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
+    """The `targets` of `generator_loss`: {"hr": hr_pyramid(hr), "heatmaps": {16: (B,7,..), 32: .., 64: ..}}."""
+    return {"hr": hr_pyramid(hr), "heatmaps": dict(heatmaps)}
+
+
+def _lookup(table: Mapping[int, torch.Tensor], size: int, what: str) -> torch.Tensor:
+    if size not in table:
+        raise KeyError(f"targets[{what!r}] has no {size}x{size} entry (has {sorted(table)})")
+    return table[size]
+
+
+def generator_loss(
+    outputs: Mapping,
+    targets: Mapping[str, Mapping[int, torch.Tensor]],
+    weights: StageLossWeights | None = None,
+    vgg: VGGFeatureExtractor | None = None,
+    d_fake: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of every generator term -> (total, {name: unweighted term, detached}).
+
+    outputs: what `ProUIGAN.forward` returns ({"stages": [...], "final": ...}).
+    targets: {"hr": {16, 32, 64, 128: (B,3,s,s)}, "heatmaps": {16: (B,7,16,16), 32: (B,42,32,32),
+             64: (B,68,64,64)}}, keyed by resolution (`make_targets`); heatmaps carry the stage's landmarks in
+             `STAGE_LANDMARKS` order. Stage s (input resolution S = 16, 32, 64) compares
+               face            with hr[S]          (face_l2, perceptual)
+               out             with hr[2S]         (out_l2, perceptual, style; tv on out alone)
+               heatmaps, prior with heatmaps[S]    (heatmap, prior)
+    vgg:     enables the style and perceptual terms; without it they are skipped (not computed, not reported).
+    d_fake:  discriminator output(s) on outputs["final"], not detached; adds the LSGAN generator term.
+
+    Terms are named 'stage{s}/{face_l2,out_l2,heatmap,prior,tv,style,perceptual}' and 'adversarial'; a term
+    whose weight is 0 is skipped. The dict holds 0-d tensors (call .item() when logging, not per step).
+    """
+    weights = weights or StageLossWeights()
+    stages = outputs["stages"]
+    if len(stages) != weights.n_stages:
+        raise ValueError(f"{len(stages)} generator stages but weights for {weights.n_stages}")
+    hr, heatmaps = targets["hr"], targets["heatmaps"]
+    total = outputs["final"].new_zeros((), dtype=torch.float32)
+    terms: dict[str, torch.Tensor] = {}
+
+    def add(name: str, weight: float, value: torch.Tensor) -> None:
+        nonlocal total
+        terms[name] = value.detach().float()
+        total = total + weight * value.float()
+
+    target_features: dict[int, dict[int, torch.Tensor]] = {}
+
+    def features_of_target(size: int) -> dict[int, torch.Tensor]:
+        # The same HR resolution is the target of one stage's `out` and the next stage's `face`: compute once.
+        if size not in target_features:
+            with torch.no_grad():
+                target_features[size] = vgg(_lookup(hr, size, "hr"))
+        return target_features[size]
+
+    for s, stage in enumerate(stages, 1):
+        i = s - 1
+        size, up = stage["face"].shape[-1], stage["out"].shape[-1]
+        if weights.face_l2[i]:
+            add(f"stage{s}/face_l2", weights.face_l2[i], l2_loss(stage["face"], _lookup(hr, size, "hr")))
+        if weights.out_l2[i]:
+            add(f"stage{s}/out_l2", weights.out_l2[i], l2_loss(stage["out"], _lookup(hr, up, "hr")))
+        if weights.heatmap[i] or weights.prior[i]:
+            target = _lookup(heatmaps, size, "heatmaps")
+            if weights.heatmap[i]:
+                add(f"stage{s}/heatmap", weights.heatmap[i], heatmap_loss(stage["heatmaps"], target))
+            if weights.prior[i]:
+                add(f"stage{s}/prior", weights.prior[i], heatmap_loss(stage["prior"], target))
+        if weights.tv[i]:
+            add(f"stage{s}/tv", weights.tv[i], total_variation(stage["out"]))
+        if vgg is None or not (weights.style[i] or weights.perceptual[i]):
+            continue
+        out_layers = (vgg.style_layers if weights.style[i] else ()) + (
+            vgg.perceptual_layers if weights.perceptual[i] else ()
+        )
+        out_features, out_targets = vgg(stage["out"], out_layers), features_of_target(up)
+        if weights.style[i]:
+            add(
+                f"stage{s}/style",
+                weights.style[i],
+                style_loss([out_features[k] for k in vgg.style_layers], [out_targets[k] for k in vgg.style_layers]),
+            )
+        if weights.perceptual[i]:
+            face_features, face_targets = vgg(stage["face"], vgg.perceptual_layers), features_of_target(size)
+            layers = vgg.perceptual_layers
+            value = perceptual_loss([face_features[k] for k in layers], [face_targets[k] for k in layers])
+            value = value + perceptual_loss([out_features[k] for k in layers], [out_targets[k] for k in layers])
+            add(f"stage{s}/perceptual", weights.perceptual[i], value)
+
+    if d_fake is not None and weights.adversarial:
+        add("adversarial", weights.adversarial, lsgan_generator_loss(d_fake))
+    return total, terms

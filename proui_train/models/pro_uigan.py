@@ -1,0 +1,420 @@
+"""Pro-UIGAN generator: progressive 16 -> 32 -> 64 -> 128 face hallucination with landmark priors.
+
+Zhang, Yu, Lu, Liu, "Pro-UIGAN: Progressive Face Hallucination from Occluded Thumbnails" (arXiv 2108.00602).
+Structure follows the authors' released code (SEU-yang/Pro-UIGAN, models/network.py); it is written anew here.
+
+Each of the three stages works at its input resolution S (16, 32, 64) and doubles it:
+
+    face (B,3,S,S) --prior--> prior heatmaps (B,L,S,S)
+    (face, prior) --CrossModalAttention--> refined face (B,3,S,S), refined heatmaps (B,L,S,S)
+    (refined face, refined heatmaps) --UpsampleBlock--> out (B,3,2S,2S) = the next stage's face
+
+with L = 7, 42, 68 landmarks (`STAGE_LANDMARKS`). The authors estimate each stage's prior with a frozen FAN
+run on the current face upsampled to 256; its weights are not available here, so by default each stage learns
+a small prior estimator instead (`prior="learned"`), supervised with heatmaps rendered from the store's
+landmarks. `prior="fan"` plugs any external estimator face -> (B,68,64,64) back in.
+
+Parameter count: the released generator has 1,197,343 parameters, 6,336 of them in two 1x1 convs per attention
+block that its forward never uses. Ours with the default config has 1,191,007 in the refinement and upsampling
+blocks (the same layers minus the unused ones) plus 120,501 in the three learned prior estimators: 1,311,508.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvNormAct, ResidualBlock, check_norm, count_parameters, init_weights
+
+NUM_LANDMARKS = 68
+# iBUG 68-point indices fed to each stage, in the reference's channel order.
+STAGE1_LANDMARKS: tuple[int, ...] = (36, 39, 42, 45, 30, 48, 54)  # eye corners, nose tip, mouth corners
+STAGE2_LANDMARKS: tuple[int, ...] = (
+    (36, 39, 42, 45, 27, 28, 29, 30, 48, 54)
+    + tuple(range(0, 17))  # jaw
+    + tuple(range(17, 22))  # right brow
+    + tuple(range(22, 27))  # left brow
+    + tuple(range(60, 65))  # inner lip, 60-64
+)
+STAGE3_LANDMARKS: tuple[int, ...] = tuple(range(NUM_LANDMARKS))
+STAGE_LANDMARKS: tuple[tuple[int, ...], ...] = (STAGE1_LANDMARKS, STAGE2_LANDMARKS, STAGE3_LANDMARKS)
+PRIORS = ("learned", "fan")
+
+HeatmapEstimator = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProUIGANConfig:
+    """Generator options. Defaults reproduce the reference's layers (plus the learned priors)."""
+
+    input_size: int = 16
+    stage_landmarks: tuple[tuple[int, ...], ...] = STAGE_LANDMARKS  # one entry per stage
+    # Cross-modal attention. The reference: 1 head, no 1/sqrt(d) scaling, the landmark path through S^T.
+    channels: int = 128  # width of the face and landmark branches
+    attn_channels: int = 32  # width of queries, keys and values
+    heads: int = 1
+    scale_attention: bool = False
+    symmetric_attention: bool = False  # True: landmarks attend to the face with their own softmax (not the reference)
+    norm: str = "batch"  # "batch" | "instance" | "none", for every generator block
+    # Upsampling block: fuse conv widths (c0, c1), tail widths (c2, c3); tail kernel per stage (3, 5, 5 as released).
+    up_channels: tuple[int, int, int, int] = (128, 64, 32, 12)
+    up_kernel_sizes: tuple[int, ...] = (3, 5, 5)
+    res_blocks: int = 2
+    # Stage priors.
+    prior: str = "learned"  # "learned" | "fan" (needs heatmap_estimator)
+    prior_channels: int = 32
+    prior_dilations: tuple[int, ...] = (1, 2, 4)  # receptive field 3 + 2 * sum + 2 = 19 pixels
+    fan_input_size: int = 256  # the reference runs FAN on the face upsampled to 256
+    init_std: float | None = 0.02  # DCGAN-style init as the reference; None keeps PyTorch's default
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.heads < 1 or self.attn_channels % self.heads:
+            raise ValueError(f"attn_channels ({self.attn_channels}) must be a multiple of heads ({self.heads})")
+        if len(self.up_kernel_sizes) != len(self.stage_landmarks):
+            raise ValueError(
+                f"need one up_kernel_size per stage: {len(self.up_kernel_sizes)} for "
+                f"{len(self.stage_landmarks)} stages"
+            )
+        for s, landmarks in enumerate(self.stage_landmarks, 1):
+            if not landmarks or not all(0 <= i < NUM_LANDMARKS for i in landmarks):
+                raise ValueError(f"stage {s} landmark indices must be a non-empty subset of 0..67, got {landmarks}")
+
+    @property
+    def stage_sizes(self) -> tuple[int, ...]:
+        """Input resolution of each stage: 16, 32, 64 by default."""
+        return tuple(self.input_size * 2**s for s in range(len(self.stage_landmarks)))
+
+
+def _tokens(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, h*d, H, W) -> (B, h, H*W, d). flatten/transpose, not view: channels-last inputs stay valid."""
+    return x.flatten(2).unflatten(1, (heads, -1)).transpose(-1, -2)
+
+
+def _image(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, h, H*W, d) -> (B, h*d, H, W)."""
+    b, h, _, d = tokens.shape
+    return tokens.transpose(-1, -2).reshape(b, h * d, height, width)
+
+
+class _CrossModalAttentionFn(torch.autograd.Function):
+    """(q, k, face_v, landmark_v), each (B, N, d) -> (S @ landmark_v, S^T @ face_v, S) with S = softmax(q k^T).
+
+    Autograd through the plain formula keeps two N x N gradients of S and adds them. The hand-written
+    backward forms dL/dS = [dO_face, V_face] [V_landmark, dO_landmark]^T with one bmm and applies the softmax
+    backward in place, using rowsum(S * dL/dS) = rowsum(dO_face * O_face) + rowsum(V_face * S dO_landmark)
+    (FlashAttention's trick, on both paths), so backward holds a single N x N buffer beside S; about 2x
+    faster on CPU. Computed in the dtype of q (bfloat16 under autocast), with the softmax in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, face_v, landmark_v):  # type: ignore[override]
+        ctx.input_dtypes = tuple(t.dtype for t in (q, k, face_v, landmark_v))
+        dtype = q.dtype
+        with torch.autocast(q.device.type, enabled=False):
+            q, k, face_v, landmark_v = (t.to(dtype) for t in (q, k, face_v, landmark_v))
+            acc = torch.promote_types(dtype, torch.float32)  # float32 softmax for half types, float64 stays
+            attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1, dtype=acc).to(dtype)
+            face_out = torch.bmm(attn, landmark_v)  # (B, N, d)
+            landmark_out = torch.bmm(attn.transpose(1, 2), face_v)  # (B, N, d)
+        ctx.save_for_backward(q, k, face_v, landmark_v, attn, face_out)
+        ctx.mark_non_differentiable(attn)
+        return face_out, landmark_out, attn
+
+    @staticmethod
+    def backward(ctx, grad_face, grad_landmark, _grad_attn):  # type: ignore[override]
+        q, k, face_v, landmark_v, attn, face_out = ctx.saved_tensors
+        dtype = attn.dtype
+        acc = torch.promote_types(dtype, torch.float32)
+        with torch.autocast(q.device.type, enabled=False):
+            grad_face, grad_landmark = grad_face.to(dtype), grad_landmark.to(dtype)
+            grad_landmark_v = torch.bmm(attn.transpose(1, 2), grad_face)  # (B, N, d)
+            grad_face_v = torch.bmm(attn, grad_landmark)  # (B, N, d) = S dO_landmark
+            row = (grad_face.to(acc) * face_out.to(acc)).sum(-1, keepdim=True)
+            row += (face_v.to(acc) * grad_face_v.to(acc)).sum(-1, keepdim=True)  # (B, N, 1) = rowsum(S * dS)
+            grad_logits = torch.bmm(
+                torch.cat([grad_face, face_v], dim=-1), torch.cat([landmark_v, grad_landmark], dim=-1).transpose(1, 2)
+            )  # (B, N, N) = dL/dS
+            grad_logits.sub_(row).mul_(attn)  # softmax backward, in place
+            grad_q = torch.bmm(grad_logits, k)
+            grad_k = torch.bmm(grad_logits.transpose(1, 2), q)
+        grads = (grad_q, grad_k, grad_face_v, grad_landmark_v)
+        return tuple(g.to(d) for g, d in zip(grads, ctx.input_dtypes))
+
+
+def cross_modal_attention(
+    q: torch.Tensor, k: torch.Tensor, face_v: torch.Tensor, landmark_v: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, h, N, d) q, k, face_v, landmark_v -> (S landmark_v, S^T face_v, S), S = softmax(scale q k^T) (B,h,N,N)."""
+    b, h = q.shape[:2]
+    if scale != 1.0:
+        q = q * scale  # on (N, d), cheaper than scaling the (N, N) logits
+    face_t, landmark_t, attn = _CrossModalAttentionFn.apply(
+        q.flatten(0, 1), k.flatten(0, 1), face_v.flatten(0, 1), landmark_v.flatten(0, 1)
+    )
+    return face_t.unflatten(0, (b, h)), landmark_t.unflatten(0, (b, h)), attn.unflatten(0, (b, h))
+
+
+class CrossModalAttention(nn.Module):
+    """Face/landmark refinement block: one attention matrix shared by a face path and a landmark path.
+
+    With Q from the face, K from the landmarks and a value from each (all (B, h, N, d) over N = H*W tokens):
+
+        S = softmax(scale * Q K^T)            (B, h, N, N), rows (face positions) sum to 1
+        face features     = S V_landmarks + Q (the landmark values each face position attends to)
+        landmark features = S^T V_face + K    (the face values routed back along the same matrix)
+
+    then a 3x3 conv + tanh gives the refined face and a 3x3 conv + sigmoid the refined heatmaps. The reference
+    uses 1 head and no scaling (scale = 1), so logits grow with d; `scale=True` divides them by sqrt(d).
+
+    The face path is exactly scaled_dot_product_attention(Q, K, V_landmarks). The landmark path is not: S^T
+    sums over queries with rows normalised per query, which no softmax-over-keys call expresses, so the
+    reference form materialises S once and does both matmuls (`cross_modal_attention`, with a fused
+    backward; O(N^2) memory: 64 MiB per sample and head in float32 at 64x64). `symmetric=True` replaces
+    S^T V_face by softmax(scale * K Q^T) V_face (the landmarks query the face with their own normalisation);
+    then both paths are SDPA calls (flash / memory-efficient kernels on GPU). Not the reference; off by default.
+    """
+
+    def __init__(
+        self,
+        heatmap_channels: int,
+        *,
+        channels: int = 128,
+        attn_channels: int = 32,
+        heads: int = 1,
+        scale: bool = False,
+        symmetric: bool = False,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        if attn_channels % heads:
+            raise ValueError(f"attn_channels ({attn_channels}) must be a multiple of heads ({heads})")
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(attn_channels // heads) if scale else 1.0
+        self.symmetric = symmetric
+        self.face_branch = ConvNormAct(3, channels, 3, norm=norm)
+        self.landmark_branch = ConvNormAct(heatmap_channels, channels, 3, norm=norm)
+        self.query = nn.Conv2d(channels, attn_channels, 1)  # from the face
+        self.key = nn.Conv2d(channels, attn_channels, 1)  # from the landmarks
+        self.face_value = nn.Conv2d(channels, attn_channels, 1)
+        self.landmark_value = nn.Conv2d(channels, attn_channels, 1)
+        self.face_head = nn.Sequential(nn.Conv2d(attn_channels, 3, 3, 1, 1), nn.Tanh())
+        self.heatmap_head = nn.Sequential(nn.Conv2d(attn_channels, heatmap_channels, 3, 1, 1), nn.Sigmoid())
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, h, N, d) queries and keys -> S = softmax(scale * Q K^T), (B, h, N, N)."""
+        return torch.softmax((q @ k.transpose(-1, -2)) * self.scale, dim=-1)
+
+    def forward(
+        self, face: torch.Tensor, heatmaps: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """face (B,3,H,W), heatmaps (B,L,H,W) -> refined face (B,3,H,W), refined heatmaps (B,L,H,W)[, S]."""
+        height, width = face.shape[-2:]
+        face_feat = self.face_branch(face)  # (B, 128, H, W)
+        landmark_feat = self.landmark_branch(heatmaps)  # (B, 128, H, W)
+        q = self.query(face_feat)  # (B, 32, H, W)
+        k = self.key(landmark_feat)
+        q_t, k_t = _tokens(q, self.heads), _tokens(k, self.heads)  # (B, h, N, d)
+        face_v = _tokens(self.face_value(face_feat), self.heads)
+        landmark_v = _tokens(self.landmark_value(landmark_feat), self.heads)
+        attn = None
+        if self.symmetric:
+            face_t = F.scaled_dot_product_attention(q_t, k_t, landmark_v, scale=self.scale)
+            landmark_t = F.scaled_dot_product_attention(k_t, q_t, face_v, scale=self.scale)
+            if return_attention:
+                attn = self.attention(q_t, k_t)
+        else:
+            # (B, h, N, d), (B, h, N, d), (B, h, N, N)
+            face_t, landmark_t, attn = cross_modal_attention(q_t, k_t, face_v, landmark_v, self.scale)
+        face_out = _image(face_t, height, width) + q  # residual on the query, as the reference
+        landmark_out = _image(landmark_t, height, width) + k  # residual on the key
+        refined = (self.face_head(face_out), self.heatmap_head(landmark_out))
+        return (*refined, attn) if return_attention else refined
+
+
+class UpsampleBlock(nn.Module):
+    """(face, heatmaps) at S -> face at 2S: conv 128 -> conv 64 -> bilinear x2 -> residual blocks -> conv 32 ->
+    conv 12 -> conv 3 + tanh (the reference's upsampling-and-inpainting "SRnet")."""
+
+    def __init__(
+        self,
+        heatmap_channels: int,
+        *,
+        channels: tuple[int, int, int, int] = (128, 64, 32, 12),
+        kernel_size: int = 3,
+        res_blocks: int = 2,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        c0, c1, c2, c3 = channels
+        self.fuse = nn.Sequential(
+            ConvNormAct(3 + heatmap_channels, c0, 3, norm=norm), ConvNormAct(c0, c1, 3, norm=norm)
+        )
+        self.res = nn.Sequential(*(ResidualBlock(c1, norm) for _ in range(res_blocks)))
+        self.tail = nn.Sequential(
+            ConvNormAct(c1, c2, kernel_size, norm=norm),
+            ConvNormAct(c2, c3, kernel_size, norm=norm),
+            nn.Conv2d(c3, 3, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, face: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+        x = self.fuse(torch.cat([face, heatmaps], dim=1))  # (B, 64, S, S)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, 64, 2S, 2S)
+        return self.tail(self.res(x))  # (B, 3, 2S, 2S)
+
+
+class LearnedPrior(nn.Module):
+    """face (B,3,S,S) -> heatmaps (B,L,S,S) in [0, 1]: a few dilated 3x3 convs, then sigmoid.
+
+    Stands in for the frozen FAN of the reference; trained with the heatmap loss on `prior`.
+    """
+
+    def __init__(
+        self,
+        heatmap_channels: int,
+        *,
+        channels: int = 32,
+        dilations: Sequence[int] = (1, 2, 4),
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [ConvNormAct(3, channels, 3, norm=norm)]
+        layers += [ConvNormAct(channels, channels, 3, dilation=d, norm=norm) for d in dilations]
+        layers += [nn.Conv2d(channels, heatmap_channels, 3, 1, 1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return self.net(face)
+
+
+class FANPrior(nn.Module):
+    """An external 68-point heatmap estimator, cut down to a stage's landmarks and resolution.
+
+    `estimator` takes faces in [-1, 1] at `input_size` (B,3,256,256) and returns (B,68,h,w) heatmaps (FAN: 64x64);
+    any normalisation it needs is its own business. It is deliberately not registered as a submodule: its
+    weights stay out of the generator's parameters, optimiser and state dict, and moving it to a device is the
+    caller's job. Gradients flow through it into the previous stage, as in the reference; freeze its weights.
+    """
+
+    def __init__(
+        self, estimator: HeatmapEstimator, landmarks: Sequence[int], size: int, input_size: int = 256
+    ) -> None:
+        super().__init__()
+        if not callable(estimator):
+            raise TypeError(f"heatmap estimator must be callable, got {type(estimator).__name__}")
+        object.__setattr__(self, "estimator", estimator)  # bypass nn.Module registration (see above)
+        self.register_buffer("index", torch.tensor(list(landmarks), dtype=torch.long), persistent=False)
+        self.size = size
+        self.input_size = input_size
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(face, size=self.input_size, mode="bilinear", align_corners=False)
+        heatmaps = self.estimator(x)
+        if heatmaps.ndim != 4 or heatmaps.shape[:2] != (face.shape[0], NUM_LANDMARKS):
+            raise ValueError(f"heatmap estimator must return (B, 68, h, w), got {tuple(heatmaps.shape)}")
+        heatmaps = heatmaps.index_select(1, self.index)  # (B, L, h, w)
+        if heatmaps.shape[-1] != self.size or heatmaps.shape[-2] != self.size:
+            heatmaps = F.interpolate(
+                heatmaps, size=self.size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return heatmaps  # (B, L, S, S)
+
+
+class ProUIStage(nn.Module):
+    """One progressive stage at resolution S: prior -> cross-modal refinement -> x2 upsampling."""
+
+    def __init__(
+        self,
+        landmarks: Sequence[int],
+        size: int,
+        up_kernel_size: int,
+        config: ProUIGANConfig,
+        heatmap_estimator: HeatmapEstimator | None = None,
+    ) -> None:
+        super().__init__()
+        n = len(landmarks)
+        self.size = size
+        if config.prior == "learned":
+            self.prior = LearnedPrior(
+                n, channels=config.prior_channels, dilations=config.prior_dilations, norm=config.norm
+            )
+        else:
+            if heatmap_estimator is None:
+                raise ValueError('prior="fan" needs a heatmap_estimator: a callable face -> (B, 68, 64, 64)')
+            self.prior = FANPrior(heatmap_estimator, landmarks, size, config.fan_input_size)
+        self.refine = CrossModalAttention(
+            n,
+            channels=config.channels,
+            attn_channels=config.attn_channels,
+            heads=config.heads,
+            scale=config.scale_attention,
+            symmetric=config.symmetric_attention,
+            norm=config.norm,
+        )
+        self.upsample = UpsampleBlock(
+            n,
+            channels=config.up_channels,
+            kernel_size=up_kernel_size,
+            res_blocks=config.res_blocks,
+            norm=config.norm,
+        )
+
+    def forward(self, face: torch.Tensor) -> dict[str, torch.Tensor]:
+        prior = self.prior(face)  # (B, L, S, S)
+        refined_face, refined_heatmaps = self.refine(face, prior)  # (B, 3, S, S), (B, L, S, S)
+        out = self.upsample(refined_face, refined_heatmaps)  # (B, 3, 2S, 2S)
+        return {"face": refined_face, "heatmaps": refined_heatmaps, "prior": prior, "out": out}
+
+
+class ProUIGAN(nn.Module):
+    """Pro-UIGAN generator: lr (B,3,16,16) in [-1, 1] -> three progressive stages -> (B,3,128,128).
+
+    forward returns {"stages": [stage1, stage2, stage3], "final": (B,3,128,128)}, where stage s (input S = 16,
+    32, 64) is a dict with
+      face     (B,3,S,S)   refined face (compare with the HR downsampled to S)
+      heatmaps (B,L,S,S)   refined heatmaps of the stage's landmarks (STAGE_LANDMARKS[s-1])
+      prior    (B,L,S,S)   heatmaps estimated from the stage's input face, before refinement
+      out      (B,3,2S,2S) the upsampled face, input of the next stage (compare with the HR at 2S)
+    and "final" is stage 3's "out".
+    """
+
+    def __init__(
+        self, config: ProUIGANConfig | None = None, heatmap_estimator: HeatmapEstimator | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config = config or ProUIGANConfig()
+        self.stages = nn.ModuleList(
+            ProUIStage(landmarks, size, k, config, heatmap_estimator)
+            for landmarks, size, k in zip(config.stage_landmarks, config.stage_sizes, config.up_kernel_sizes)
+        )
+        if config.init_std is not None:
+            init_weights(self, config.init_std)
+
+    def forward(self, lr: torch.Tensor) -> dict:
+        size = self.config.input_size
+        if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[-2:] != (size, size):
+            raise ValueError(f"lr must have shape (B, 3, {size}, {size}), got {tuple(lr.shape)}")
+        stages = []
+        face = lr
+        for stage in self.stages:
+            outputs = stage(face)
+            stages.append(outputs)
+            face = outputs["out"]
+        return {"stages": stages, "final": face}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per stage and part: {'stage1/prior': ..., 'stage1/refine': ..., 'stage1/upsample': ...,
+        ..., 'total': ...}."""
+        counts = {}
+        for s, stage in enumerate(self.stages, 1):
+            for part in ("prior", "refine", "upsample"):
+                counts[f"stage{s}/{part}"] = count_parameters(getattr(stage, part))
+        counts["total"] = count_parameters(self)
+        return counts
