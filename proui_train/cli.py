@@ -1,0 +1,100 @@
+"""`proui-train`: run (train), eval (metrics on the FSRNet sets or a store split), infer (hallucinate images)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True)
+def main(verbose: bool) -> None:
+    """Train and evaluate Pro-UIGAN on proui stores."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "asyncio", "numcodecs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="TOML config (default pipelines/train/default.toml).")
+@click.option("--data", help="Store to train on (data.store).")
+@click.option("--steps", type=int, help="Generator steps (steps).")
+@click.option("--run-dir", help="Where checkpoints and logs go (run_dir).")
+@click.option("--batch-size", type=int, help="data.batch_size")
+@click.option("--workers", type=int, help="data.workers (DataLoader processes)")
+@click.option("--device", help="auto | cpu | cuda | cuda:N")
+@click.option("--resume", is_flag=True, help="Continue from run_dir/latest, loader position included.")
+@click.option("--set", "sets", multiple=True, help="Any config key: --set optim.lr_g=2e-4 (repeatable).")
+@click.option("--no-progress", is_flag=True)
+def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, sets, no_progress):
+    """Train Pro-UIGAN (single process; use torchrun for DDP)."""
+    from .config import ConfigError, load_config
+    from .train import TrainingStopped, train
+
+    overrides = {k: v for k, v in {"data.store": data, "steps": steps, "run_dir": run_dir,
+                                   "data.batch_size": batch_size, "data.workers": workers,
+                                   "device": device}.items() if v is not None}
+    try:
+        cfg = load_config(config_path, overrides, list(sets))
+    except ConfigError as e:
+        _fail(str(e))
+    try:
+        result = train(cfg, resume=resume, progress=not no_progress)
+    except TrainingStopped as e:
+        _fail(str(e))
+    except (FileNotFoundError, KeyError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command("eval")
+@click.option("--checkpoint", type=click.Path(exists=True), help="Checkpoint folder or run folder.")
+@click.option("--baseline", type=click.Choice(["bicubic"]), help="Evaluate a baseline instead of a model.")
+@click.option("--benchmark", type=click.Path(exists=True, file_okay=False),
+              help="FSRNet benchmark folder (celeba_val_1000_HR/, ..._LR_8x/, helen_val_50_*).")
+@click.option("--data", help="A proui store: evaluate its --split (masks and landmarks included).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", "out_path", default="metrics.json", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-identity", is_flag=True, help="Skip the dlib identity similarity (slow on CPU).")
+def eval_cmd(checkpoint, baseline, benchmark, data, split, out_path, device, no_identity):
+    """PSNR/SSIM (Y and RGB), inside/outside occlusions, landmark NME and identity similarity."""
+    from .evaluate import evaluate
+
+    if bool(checkpoint) == bool(baseline):
+        _fail("give exactly one of --checkpoint or --baseline")
+    if not benchmark and not data:
+        _fail("give --benchmark DIR and/or --data STORE")
+    results = evaluate(checkpoint=checkpoint, baseline=baseline, benchmark=benchmark, store=data, split=split,
+                       device=device, identity=not no_identity)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=2)
+    for name, m in results.items():
+        if isinstance(m, dict):
+            click.echo(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
+    click.echo(f"wrote {out_path}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True))
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True), help="An image or a folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def infer(checkpoint, input_path, out_dir, device):
+    """Detect, align, downsample (16x16 inputs are taken as is), hallucinate; write side-by-side PNGs."""
+    from .infer import infer_paths
+
+    rows = infer_paths(checkpoint, input_path, out_dir, device)
+    for r in rows:
+        click.echo(f"{r['input']}: {r['status']}" + (f" -> {r['output']}" if r.get("output") else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Training configs as data: TOML files in `pipelines/train/`, validated (unknown keys are errors),
+overridable from the command line with `--set section.key=value`."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    store: str = "demo.zarr"  # path or fsspec URL of a proui store
+    train_split: str = "train"
+    val_split: str = "val"  # skipped when the store has no such split
+    input: str = "lr_occluded"  # "lr_occluded" (the mission) or "lr" (clean thumbnails)
+    batch_size: int = 4  # the reference's default
+    workers: int = 0  # DataLoader worker processes (spawned)
+    shuffle_shards: int = 8
+    flip: bool = True  # random horizontal flip with the 68-point permutation, on the device
+    heatmap_sigma: tuple[float, float, float] = (1.0, 1.0, 1.5)  # target heatmap sigma at 16, 32, 64 px
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    prior: str = "learned"  # "learned" (default: no FAN weights here) or "fan"
+    heads: int = 1
+    scale_attention: bool = False
+    norm: str = "batch"
+    fan_weights: str = ""  # for prior = "fan": a local face-alignment FAN file
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    face_l2: tuple[float, float, float] = (10.0, 1.0, 1.0)
+    out_l2: tuple[float, float, float] = (10.0, 1.0, 1.0)
+    heatmap: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    prior: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    tv: tuple[float, float, float] = (0.1, 0.1, 0.01)
+    style: tuple[float, float, float] = (10.0, 10.0, 1.0)
+    perceptual: tuple[float, float, float] = (0.1, 0.01, 0.01)
+    adversarial: float = 1e-3
+    # Style and perceptual terms need VGG19 weights, which cannot be downloaded here: a local torchvision
+    # `vgg19` state dict (.pth) or .safetensors file. Empty: both terms are off.
+    vgg_weights: str = ""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_g: float = 5e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    schedule: str = "constant"  # "constant" | "cosine" | "step"
+    step_every: int = 0  # for "step": halve the learning rates every this many steps
+    warmup: int = 0
+    grad_clip: float = 10.0  # 0: off
+    ema_decay: float = 0.999
+    gan_start: int = 0  # adversarial training (D updates and G's adversarial term) from this step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/proui"
+    steps: int = 20
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    bf16: bool = True  # autocast to bfloat16 on CUDA (CPU always runs fp32)
+    compile: bool = False  # torch.compile the generator and discriminator
+    channels_last: bool = True  # on CUDA
+    log_every: int = 10
+    val_every: int = 500  # 0: off
+    val_batches: int = 8
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    image_every: int = 500  # TensorBoard image grids
+    max_nonfinite: int = 20  # stop after this many skipped steps with a NaN/inf loss
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _coerce(default: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(default):
+        return _build(type(default), value, key)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ConfigError(f"{key}: expected a list of {len(default)} values, got {value!r}")
+        return tuple(_coerce(d, v, key) for d, v in zip(default, value))
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(default, int) and not float(value).is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kw = {}
+    for k, v in data.items():
+        f = known[k]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw[k] = _coerce(default, v, f"{where}.{k}" if where else k)
+    return cls(**kw)
+
+
+def _check(cfg: TrainConfig) -> TrainConfig:
+    if cfg.data.input not in ("lr_occluded", "lr"):
+        raise ConfigError(f"data.input: {cfg.data.input!r} is not lr_occluded or lr")
+    if cfg.model.prior not in ("learned", "fan"):
+        raise ConfigError(f"model.prior: {cfg.model.prior!r} is not learned or fan")
+    if cfg.model.prior == "fan" and not cfg.model.fan_weights:
+        raise ConfigError("model.prior = 'fan' needs model.fan_weights (a local face-alignment FAN file)")
+    if cfg.optim.schedule not in ("constant", "cosine", "step"):
+        raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not constant, cosine or step")
+    if cfg.steps < 1 or cfg.data.batch_size < 1:
+        raise ConfigError("steps and data.batch_size must be >= 1")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as TOML, else as a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] = ()) -> TrainConfig:
+    """Read a TOML config (None: `pipelines/train/default.toml`), apply overrides, validate."""
+    if path is None:
+        text, where = (importlib.resources.files("proui_pipelines.train") / "default.toml").read_text(), "default.toml"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text, where = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: invalid TOML: {e}") from None
+    for item in sets:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    for dotted, value in (overrides or {}).items():
+        keys = dotted.split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    try:
+        return _check(_build(TrainConfig, data, ""))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

@@ -1,0 +1,181 @@
+"""`proui-train eval`: a model checkpoint or a baseline on the FSRNet test sets and/or a store split.
+
+FSRNet sets (`--benchmark DIR`): `celeba_val_1000_HR/` + `celeba_val_1000_LR_8x/` and `helen_val_50_*`; the LR
+files hold the 16x16 input already bicubic-upsampled to 128x128. The `bicubic` baseline is those files as
+they are. A model gets the 16x16 input back by area-reducing them (8x8 means of the bicubic image). Metrics:
+PSNR/SSIM on Y (BT.601) and RGB, no border crop (`proui_train.metrics`), identity similarity of dlib
+descriptors of output vs HR, and, for a model, the NME of its own stage-3 landmark estimate against dlib's
+68 points on the HR (the sets have no landmark annotation; stated as `nme_vs_dlib`).
+A store split (`--data STORE --split S`) adds the metrics inside / outside the occlusion mask and the NME
+against the store's landmarks.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import quality
+
+log = logging.getLogger(__name__)
+FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen": ("helen_val_50_HR", "helen_val_50_LR_8x")}
+
+Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def load_generator(checkpoint: str, device: torch.device, use_ema: bool = True) -> torch.nn.Module:
+    """The (EMA) generator of a checkpoint, in eval mode."""
+    from .checkpoint import load_checkpoint
+    from .config import _build, TrainConfig
+    from .train import build_generator
+
+    ck = load_checkpoint(checkpoint)
+    cfg = _build(TrainConfig, ck["config"], "")
+    g = build_generator(cfg)
+    g.load_state_dict(ck["ema" if use_ema else "generator"])
+    return g.to(device).eval()
+
+
+def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = 128) -> torch.Tensor:
+    """(B,68,h,w) heatmaps -> (B,68,2) HR-pixel coordinates (soft-argmax around the peak)."""
+    b, k, h, w = heatmaps.shape
+    flat = heatmaps.float().flatten(2)
+    idx = flat.argmax(-1)
+    ys, xs = (idx // w).float(), (idx % w).float()
+    # sub-pixel: weighted mean over the 3x3 neighbourhood of the peak
+    pad = F.pad(heatmaps.float(), (1, 1, 1, 1))
+    off = torch.arange(-1, 2, device=heatmaps.device).float()
+    yi, xi = (idx // w)[..., None, None] + 1 + off.view(3, 1).long(), (idx % w)[..., None, None] + 1 + off.view(1, 3).long()
+    patch = pad.flatten(2).gather(-1, (yi * (w + 2) + xi).flatten(2)).view(b, k, 3, 3).clamp_min(0)
+    norm = patch.sum((-1, -2)).clamp_min(1e-6)
+    dy = (patch.sum(-1) * off).sum(-1) / norm
+    dx = (patch.sum(-2) * off).sum(-1) / norm
+    scale = hr_size / w
+    return torch.stack([(xs + dx + 0.5) * scale - 0.5, (ys + dy + 0.5) * scale - 0.5], -1)
+
+
+def nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-sample mean point error / outer-eye-corner distance (points 36, 45)."""
+    iod = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
+    return np.linalg.norm(pred - truth, axis=-1).mean(-1) / np.maximum(iod, 1e-6)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
+
+
+def _model_predict(generator: torch.nn.Module, device: torch.device) -> Predict:
+    @torch.no_grad()
+    def predict(lr16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (lr16.to(device) / 127.5 - 1.0)
+        out = generator(x)
+        sr = ((out["final"].float().clamp(-1, 1) + 1) * 127.5).round().cpu()
+        return sr, heatmaps_to_points(out["stages"][-1]["heatmaps"]).cpu()
+    return predict
+
+
+def _dlib_points(faces: list[np.ndarray]) -> np.ndarray:
+    from proui_data.align import TEMPLATE_BOX
+    from proui_data.detect import predict_in_box
+
+    return np.stack([predict_in_box(f, TEMPLATE_BOX) for f in faces])
+
+
+def _identity(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    from .identity import identity_similarity
+
+    to_np = lambda t: t.clamp(0, 255).byte().permute(1, 2, 0).numpy()  # noqa: E731
+    return float(np.mean([identity_similarity(to_np(a), to_np(b)) for a, b in zip(sr, hr)]))
+
+
+def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    keys = chunks[0].keys()
+    return {k: float(torch.cat([c[k] for c in chunks]).double().nanmean()) for k in keys}
+
+
+def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 100) -> dict[str, Any]:
+    hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
+    files = sorted(p.name for p in hr_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    chunks, ids, nmes = [], [], []
+    for i in range(0, len(files), batch):
+        names = files[i:i + batch]
+        hr_np = [_read_rgb(hr_dir / f) for f in names]
+        lr_np = [_read_rgb(lr_dir / f) for f in names]
+        hr = _to_tensor(hr_np)
+        if predict is None:
+            sr = _to_tensor(lr_np)  # the bicubic baseline: the provided upsampled inputs
+        else:
+            lr16 = _to_tensor([cv2.resize(x, (16, 16), interpolation=cv2.INTER_AREA) for x in lr_np])
+            sr, points = predict(lr16)
+            nmes.append(nme(points.numpy(), _dlib_points(hr_np)))
+        chunks.append(quality(sr, hr))
+        if identity:
+            ids.append(_identity(sr, hr) * len(names))
+    out: dict[str, Any] = {"n": len(files), **_summarise(chunks)}
+    if identity:
+        out["identity_cosine"] = float(sum(ids) / len(files))
+    if nmes:
+        out["nme_vs_dlib"] = float(np.concatenate(nmes).mean())
+    return out
+
+
+def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64) -> dict[str, Any]:
+    import zarr
+
+    g = zarr.open_group(store, mode="r")[split]
+    valid = np.flatnonzero(g["valid"][:])
+    has_mask = "occlusion_mask" in g.array_keys()
+    inp = "lr_occluded" if "lr_occluded" in g.array_keys() else "lr"
+    chunks, ids, nmes = [], [], []
+    size = g.attrs["shard_size"]
+    for start in range(0, g.attrs["n_samples"], size):  # whole shards
+        rows = valid[(valid >= start) & (valid < start + size)] - start
+        if rows.size == 0:
+            continue
+        sl = slice(start, min(start + size, g.attrs["n_samples"]))
+        for r0 in range(0, rows.size, batch):
+            r = rows[r0:r0 + batch]
+            hr = torch.from_numpy(g["hr"][sl][r]).permute(0, 3, 1, 2).float()
+            lr = torch.from_numpy(g[inp][sl][r]).permute(0, 3, 1, 2).float()
+            mask = torch.from_numpy(g["occlusion_mask"][sl][r]).float()[:, None] / 255 if has_mask else None
+            if predict is None:
+                sr = F.interpolate(lr, size=128, mode="bicubic", align_corners=False).clamp(0, 255).round()
+            else:
+                sr, points = predict(lr)
+                nmes.append(nme(points.numpy(), g["landmarks"][sl][r]))
+            chunks.append(quality(sr, hr, mask))
+            if identity:
+                ids.append(_identity(sr, hr) * len(r))
+    out: dict[str, Any] = {"n": int(valid.size), "input": inp, **_summarise(chunks)}
+    if identity:
+        out["identity_cosine"] = float(sum(ids) / max(valid.size, 1))
+    if nmes:
+        out["nme"] = float(np.concatenate(nmes).mean())
+    return out
+
+
+def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
+             split: str = "test", device: str = "auto", identity: bool = True) -> dict[str, Any]:
+    """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}."""
+    from .train import pick_device
+
+    dev = pick_device(device)
+    predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
+    results: dict[str, Any] = {"method": baseline or str(checkpoint)}
+    if benchmark:
+        root = Path(benchmark)
+        for name, (hr_dir, _) in FSRNET_SETS.items():
+            if (root / hr_dir).is_dir():
+                results[name] = evaluate_fsrnet(root, name, predict, identity)
+    if store:
+        results[f"store/{split}"] = evaluate_store(store, split, predict, identity)
+    return results

@@ -1,0 +1,136 @@
+"""The trainer end to end on the embedded demo store: resume equals uninterrupted training, checkpoints
+without pickle, NaN handling, eval and infer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from proui_data.pipeline import plan_build
+from proui_data.recipe import load_recipe
+from proui_data.runner import run_plan
+from proui_data.sources import get_source
+from proui_train import train as train_mod
+from proui_train.checkpoint import load_checkpoint, save_checkpoint
+from proui_train.cli import main as cli
+from proui_train.config import ConfigError, load_config
+
+from fixtures import demo_photo, write_jpeg
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("store") / "demo.zarr"
+    run_plan(plan_build(get_source("demo"), load_recipe(None, "demo"), str(out)), workers=0, progress=False)
+    return str(out)
+
+
+def small_config(store: str, run_dir: Path, steps: int, **kw):
+    sets = {"data.store": store, "run_dir": str(run_dir), "steps": steps, "data.batch_size": 2,
+            "ckpt_every": 2, "log_every": 1, "val_every": 0, "image_every": 0}
+    sets.update(kw)
+    return load_config(None, sets)
+
+
+def test_config_rejects_unknown_keys_and_parses_overrides(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr_gg = 1e-3\n")
+    with pytest.raises(ConfigError, match="lr_gg"):
+        load_config(bad)
+    cfg = load_config(None, sets=["optim.lr_g=2e-4", "data.flip=false", "loss.tv=[0.0, 0.0, 0.0]"])
+    assert cfg.optim.lr_g == 2e-4 and cfg.data.flip is False and cfg.loss.tv == (0.0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="fan_weights"):
+        load_config(None, sets=['model.prior="fan"'])
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    state = {"w": {"a": torch.arange(6.0).view(2, 3)}, "opt": {"state": {0: {"step": torch.tensor(3.0)}},
+             "param_groups": [{"lr": 1e-3, "betas": (0.5, 0.999), "params": [0]}]}, "step": 7, "name": "x"}
+    ck = save_checkpoint(tmp_path, 7, state)
+    assert sorted(p.name for p in ck.iterdir()) == ["state.json", "tensors.safetensors"]
+    assert (tmp_path / "latest").read_text() == "step-00000007"
+    back = load_checkpoint(tmp_path)
+    assert back["step"] == 7 and back["name"] == "x" and back["opt"]["param_groups"][0]["betas"] == (0.5, 0.999)
+    assert torch.equal(back["w"]["a"], state["w"]["a"]) and 0 in back["opt"]["state"]
+    assert set(load_file(str(ck / "tensors.safetensors"))) == {"/w/a", "/opt/state/0/step"}
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir)["generator"]
+
+
+def test_resume_equals_uninterrupted_training(demo_store, tmp_path):
+    # 6 train samples, batches of 2: 4 steps cross an epoch boundary; the resumed run restarts mid-epoch.
+    full = train_mod.train(small_config(demo_store, tmp_path / "full", 4), progress=False)
+    train_mod.train(small_config(demo_store, tmp_path / "part", 2), progress=False)
+    resumed = train_mod.train(small_config(demo_store, tmp_path / "part", 4), resume=True, progress=False)
+    assert full["step"] == resumed["step"] == 4 and full["epoch"] == resumed["epoch"]
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6
+    assert full["loss/g"] == pytest.approx(resumed["loss/g"], abs=1e-6)
+
+
+def test_nonfinite_losses_are_skipped_then_stop(demo_store, tmp_path, monkeypatch):
+    real = train_mod.generator_loss
+
+    def poisoned(*args, **kw):
+        total, terms = real(*args, **kw)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(train_mod, "generator_loss", poisoned)
+    cfg = small_config(demo_store, tmp_path / "nan", 5, max_nonfinite=2)
+    with pytest.raises(train_mod.TrainingStopped, match="2 steps had a NaN/inf loss"):
+        train_mod.train(cfg, progress=False)
+    ck = load_checkpoint(tmp_path / "nan")
+    assert ck["step"] == 0 and ck["nonfinite"] == 2
+
+
+def test_cli_run_eval_infer(demo_store, tmp_path):
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", "--data", demo_store, "--steps", "2", "--run-dir", str(run_dir),
+                                 "--batch-size", "2", "--no-progress", "--set", "val_every=2", "--set", "log_every=1"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 1 and np.isfinite(lines[0]["loss/g"])
+    assert any("val/psnr_y" in x for x in lines)  # validation ran on the val split
+    assert "perf/samples_per_s" in lines[-1] or "perf/samples_per_s" in lines[-2]
+    # eval on the store's val split: metrics inside / outside the occlusion mask, NME, identity
+    out = tmp_path / "metrics.json"
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(run_dir), "--data", demo_store, "--split", "val",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())["store/val"]
+    for k in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_in", "psnr_y_out", "nme", "identity_cosine"):
+        assert np.isfinite(m[k]), k
+    assert m["n"] == 2 and -1.0 <= m["identity_cosine"] <= 1.0
+    # infer: a photo (detected, aligned) and a 16x16 thumbnail (taken as is)
+    inputs = tmp_path / "inputs"
+    write_jpeg(inputs / "hopper.jpg", demo_photo("grace_hopper.jpg"))
+    import cv2
+
+    cv2.imwrite(str(inputs / "thumb.png"), cv2.resize(demo_photo("astronaut.jpg"), (16, 16), interpolation=cv2.INTER_AREA))
+    (inputs / "broken.jpg").write_bytes(b"not an image")
+    r = CliRunner().invoke(cli, ["infer", "--checkpoint", str(run_dir), "--input", str(inputs), "--out", str(tmp_path / "sr")])
+    assert r.exit_code == 0, r.output
+    assert "broken.jpg: skipped: decode:corrupt" in r.output
+    hop = cv2.imread(str(tmp_path / "sr" / "hopper_proui.png"))
+    thumb = cv2.imread(str(tmp_path / "sr" / "thumb_proui.png"))
+    assert hop.shape == (128, 384, 3) and thumb.shape == (128, 256, 3)
+
+
+def test_eval_bicubic_baseline_on_fsrnet(shared_data, tmp_path):
+    out = tmp_path / "bicubic.json"
+    r = CliRunner().invoke(cli, ["eval", "--baseline", "bicubic", "--benchmark", str(shared_data / "benchmark" / "fsrnet"),
+                                 "--out", str(out), "--no-identity"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert m["celeba"]["n"] == 1000 and m["helen"]["n"] == 50
+    assert abs(m["celeba"]["psnr_y"] - 23.58) < 0.1 and abs(m["celeba"]["ssim_y"] - 0.6285) < 0.01
+    assert abs(m["helen"]["psnr_y"] - 23.88) < 0.25 and abs(m["helen"]["ssim_y"] - 0.6628) < 0.01
