@@ -154,5 +154,9 @@ def preview(store_url, out, n, split):
     click.echo(f"wrote {out} ({w}x{h})")
 
 
+from .publish import publish_command  # noqa: E402
+
+main.add_command(publish_command)
+
 if __name__ == "__main__":
     main()

@@ -53,7 +53,7 @@ def create_split(
         )
     if DONE not in existing:
         group.create_array(DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
-                           compressors=None)
+                           compressors=None, dimension_names=("shard",))
     return group
 
 

@@ -43,8 +43,9 @@ def _image_column(features) -> str:
     import datasets
 
     cols = [k for k, f in features.items() if isinstance(f, datasets.Image)]
-    if "image" in cols:
-        return "image"
+    for preferred in ("image", "hr"):  # "hr": a store published by `proui-data publish`
+        if preferred in cols:
+            return preferred
     if not cols:
         raise SourceError(f"no image column in the dataset (features: {list(features)})")
     return cols[0]
