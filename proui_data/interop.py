@@ -28,7 +28,7 @@ STRING_COLUMNS = ("key", "reject_reason", "landmark_source", "parsing_source", "
 # Export order; `hr` is the first image column, the one `--source hf` aligns.
 COLUMN_ORDER = ("key", "hr", "lr", "lr_occluded", "landmarks", "transform", "parsing", "occlusion_mask", "heatmaps",
                 "identity", "valid", "reject_reason", "landmark_source", "parsing_source", "occlusion_kind",
-                "occlusion_anchor", "occlusion_ratio", "attributes")
+                "occlusion_anchor", "occlusion_ratio", "occlusion_variant", "attributes")
 COLUMN_DOCS = {
     "key": "source-relative file name of the sample",
     "hr": "aligned face, RGB (PNG)",
@@ -47,6 +47,7 @@ COLUMN_DOCS = {
     "occlusion_kind": "synthetic occluder kind",
     "occlusion_anchor": "face region the occluder was placed on",
     "occlusion_ratio": "achieved occluded share of the face region",
+    "occlusion_variant": "k of the K occlusion variants of the same face (rows with the same key)",
     "attributes": "binary attributes, +1 / -1, 0 unknown (names in the card)",
 }
 

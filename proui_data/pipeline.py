@@ -7,6 +7,7 @@ Every random choice is seeded from (recipe seed, sample key), never from order o
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -135,15 +136,23 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
     # occlude: the clean hr/lr/landmarks/parsing stay the targets; the occluded face is degraded exactly
     # like the clean one (same degradation draws).
     if recipe.occlusion is not None:
-        occ = occlude_sample(hr, lm_hr, recipe, item.key)
-        row.update(
-            lr_occluded=degrade(occ.hr_occluded, degrade_cfg, sample_rng(recipe.seed, item.key, "degrade")),
-            occlusion_mask=occ.mask,
-            occlusion_kind=occ.kind,
-            occlusion_anchor=occ.anchor,
-            occlusion_ratio=np.float32(occ.ratio),
-        )
+        add_occlusion(row, item, recipe)
     return row
+
+
+def add_occlusion(row: dict[str, Any], item: Item, recipe: Recipe) -> None:
+    """Fill the occlusion fields of a valid row from its clean hr and landmarks."""
+    d = recipe.degrade
+    occ = occlude_sample(row["hr"], row["landmarks"], recipe, item.key, item.variant)
+    row.update(
+        lr_occluded=degrade(occ.hr_occluded, DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality),
+                            sample_rng(recipe.seed, item.key, "degrade")),
+        occlusion_mask=occ.mask,
+        occlusion_kind=occ.kind,
+        occlusion_anchor=occ.anchor,
+        occlusion_ratio=np.float32(occ.ratio),
+        occlusion_variant=item.variant,
+    )
 
 
 def occlusion_config(recipe: Recipe):
@@ -152,11 +161,12 @@ def occlusion_config(recipe: Recipe):
     return OcclusionConfig.from_dict(recipe.occlusion or {})
 
 
-def occlude_sample(hr: np.ndarray, landmarks: np.ndarray, recipe: Recipe, key: str):
-    """The sample's occlusion: a function of (hr, landmarks, recipe, occlusion seed, key) only."""
+def occlude_sample(hr: np.ndarray, landmarks: np.ndarray, recipe: Recipe, key: str, variant: int = 0):
+    """The sample's occlusion: a function of (hr, landmarks, recipe, occlusion seed, key, variant) only."""
     from .occlusion import occlude
 
-    return occlude(hr, landmarks, occlusion_config(recipe), sample_rng(recipe.occlusion_seed, key, "occlusion"))
+    stream = "occlusion" if variant == 0 else f"occlusion#{variant}"  # variant 0 = the single-variant build
+    return occlude(hr, landmarks, occlusion_config(recipe), sample_rng(recipe.occlusion_seed, key, stream))
 
 
 def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, split: str, k: int,
@@ -164,7 +174,17 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
     """The unit of work: make every sample of shard k and write the shard once."""
     t0 = time.perf_counter()
     fields = fields_for(recipe, source)
-    rows = [process_item(it, source, recipe, fields) for it in items]
+    rows: list[dict[str, Any]] = []
+    for it in items:
+        prev = rows[-1] if rows else None
+        if it.variant > 0 and prev is not None and prev["key"] == it.key:
+            # Another occlusion of the face just made: reuse its clean arrays, draw a new occlusion.
+            row = dict(prev)
+            if row["valid"]:
+                add_occlusion(row, it, recipe)
+            rows.append(row)
+        else:
+            rows.append(process_item(it, source, recipe, fields))
     block = {}
     for f in fields:
         b = f.empty(len(rows))
@@ -196,7 +216,7 @@ def fingerprint(recipe: Recipe, source: Source, splits: dict[str, list[Item]]) -
     for s in sorted(splits):
         h.update(s.encode())
         for it in splits[s]:
-            h.update(b"\0" + it.key.encode())
+            h.update(b"\0" + it.key.encode() + (b"#%d" % it.variant if it.variant else b""))
     return h.hexdigest()[:16]
 
 
@@ -212,6 +232,10 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = "all", lim
         raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
     splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
     splits = {s: v for s, v in splits.items() if v}
+    k = occlusion_config(recipe).variants if recipe.occlusion is not None else 1
+    if k > 1:  # K consecutive rows per face, one per occlusion variant
+        splits = {s: [dataclasses.replace(it, variant=v) for it in items for v in range(k)]
+                  for s, items in splits.items()}
     if not splits:
         raise ValueError("nothing to build: the chosen split(s) have no samples")
     fields = fields_for(recipe, source)

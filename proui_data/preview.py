@@ -56,7 +56,7 @@ def preview_grid(url: str, n: int = 64, split: str | None = None, per_row: int |
     idx = np.flatnonzero(g["valid"][:])[:n]
     if idx.size == 0:
         raise ValueError(f"{split}: no valid samples to preview")
-    names = [a for a in ("hr", "lr", "landmarks", "parsing", "occlusion_mask", "lr_occluded", "key")
+    names = [a for a in ("hr", "lr", "landmarks", "parsing", "occlusion_mask", "lr_occluded", "key", "occlusion_variant")
              if a in g.array_keys()]
     stop = int(idx[-1]) + 1
     data = {a: g[a][:stop] for a in names}  # contiguous read: whole shards, not one request per row
@@ -71,7 +71,7 @@ def preview_grid(url: str, n: int = 64, split: str | None = None, per_row: int |
         if recipe is not None:
             from .pipeline import occlude_sample
 
-            occ = occlude_sample(row["hr"], row["landmarks"], recipe, str(row["key"]))
+            occ = occlude_sample(row["hr"], row["landmarks"], recipe, str(row["key"]), int(row.get("occlusion_variant", 0)))
             if np.array_equal(occ.mask, row["occlusion_mask"]):  # shown only when it reproduces the store
                 row["hr_occluded"] = occ.hr_occluded
         strips.append(np.concatenate(sample_tiles(row), axis=1))

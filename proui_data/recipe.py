@@ -25,10 +25,12 @@ class DecodeRecipe:
 
 @dataclass(frozen=True)
 class DetectRecipe:
-    # "auto": the source's annotation when it has one, else the detector; "annotation": annotation or reject;
-    # "dlib": always the detector.
+    # "auto": the source's annotation when it has one, else dlib; "annotation": annotation or reject;
+    # "dlib": always dlib's 68-point predictor; "face-alignment": always the 2D FAN (needs its weights, see
+    # proui_data.fan). Both detectors take their boxes from the dlib chain in proui_data.detect.
     landmarks: str = "auto"
     upsample: int = 0  # HOG pyramid upsampling (1 finds smaller faces, ~4x slower)
+    fallback: bool = True  # on a HOG miss try HOG one level up (small images), dlib MMOD, OpenCV Haar
     prior_box: bool = True  # try the source's expected face box when HOG finds nothing (aligned sources)
     min_eye_distance: float = 8.0  # source pixels; smaller faces are rejected
 
@@ -121,8 +123,8 @@ def _build(cls: type, data: dict, where: str) -> Any:
 
 
 def _check(r: Recipe) -> Recipe:
-    if r.detect.landmarks not in ("auto", "annotation", "dlib"):
-        raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib")
+    if r.detect.landmarks not in ("auto", "annotation", "dlib", "face-alignment"):
+        raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib, face-alignment")
     if r.degrade.scale != 8:
         raise RecipeError("degrade.scale: the store contract is 128x128 HR and 16x16 LR, so scale must be 8")
     s = r.store
@@ -135,9 +137,8 @@ def _check(r: Recipe) -> Recipe:
             occ = OcclusionConfig.from_dict(r.occlusion)
         except ValueError as e:
             raise RecipeError(f"occlusion: {e}") from None
-        if occ.variants != 1:
-            raise RecipeError("occlusion.variants: several variants per face are not supported yet; use 1 "
-                              "(or build again with another occlusion_seed)")
+        if occ.variants > 64:
+            raise RecipeError(f"occlusion.variants: {occ.variants} is more than 64 rows per face")
     return r
 
 

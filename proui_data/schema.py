@@ -67,4 +67,5 @@ def occlusion_fields(hr_size: int = 128, scale: int = 8) -> list[Field]:
         Field("occlusion_kind", (), "str", (), ""),
         Field("occlusion_anchor", (), "str", (), ""),
         Field("occlusion_ratio", (), "float32", (), np.nan, "achieved ratio of the face region"),
+        Field("occlusion_variant", (), "int16", (), 0, "k of K occlusion variants of the same face"),
     ]

@@ -125,3 +125,25 @@ def test_occlusion_seed_changes_masks_not_faces(tmp_path):
     np.testing.assert_array_equal(outs[0]["lr"][:], outs[2]["lr"][:])
     differs = [not np.array_equal(a, b) for a, b in zip(outs[0]["occlusion_mask"][:], outs[2]["occlusion_mask"][:])]
     assert all(differs)
+
+
+def test_occlusion_variants_are_consecutive_rows_of_the_same_face(tmp_path):
+    base = load_recipe(None, "demo")
+    recipe = base.replace(occlusion={**base.occlusion, "variants": 3})
+    out = tmp_path / "v.zarr"
+    run_plan(plan_build(get_source("demo"), recipe, str(out)), workers=0, progress=False)
+    one = tmp_path / "one.zarr"
+    run_plan(plan_build(get_source("demo"), base, str(one)), workers=0, progress=False)
+    g, g1 = zarr.open_group(str(out), mode="r")["train"], zarr.open_group(str(one), mode="r")["train"]
+    assert g["hr"].shape[0] == 3 * g1["hr"].shape[0] == 18
+    np.testing.assert_array_equal(g["occlusion_variant"][:], np.tile([0, 1, 2], 6))
+    assert list(g["key"][:]) == [k for k in g1["key"][:] for _ in range(3)]
+    hr, masks = g["hr"][:], g["occlusion_mask"][:]
+    for i in range(6):
+        rows = slice(3 * i, 3 * i + 3)
+        assert (hr[rows] == hr[3 * i]).all()  # the same clean face ...
+        assert len({m.tobytes() for m in masks[rows]}) == 3  # ... with three different occlusions
+    # variant 0 is exactly the single-variant build's occlusion
+    np.testing.assert_array_equal(masks[::3], g1["occlusion_mask"][:])
+    np.testing.assert_array_equal(g["lr_occluded"][::3], g1["lr_occluded"][:])
+    assert verify_store(str(out))[0] == []

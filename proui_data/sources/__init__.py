@@ -30,6 +30,7 @@ class Item:
     identity: int = -1
     attributes: np.ndarray | None = field(default=None, compare=False)  # int8 (A,)
     labels: str | None = None  # Helen SmithCVPR2013 label folder for this image
+    variant: int = 0  # occlusion variant: with recipe occlusion.variants = K each face has K consecutive rows
 
 
 class Source:
