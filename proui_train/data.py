@@ -375,7 +375,7 @@ class StoreDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         if info is None:
-            return self._count.wrap(self, self.iter_worker(0, 1), num_workers=1)
+            return self._count.wrap(self, self.iter_worker(0, 1))
         return self.iter_worker(info.id, info.num_workers)
 
     def iter_worker(self, worker: int, num_workers: int) -> Iterator[Batch]:
@@ -639,7 +639,7 @@ class _Counter:
     def __init__(self) -> None:
         self.epoch, self.seen = None, 0
 
-    def wrap(self, dataset: StoreDataset, items: Iterable[Batch], num_workers: int) -> Iterator[Batch]:
+    def wrap(self, dataset: StoreDataset, items: Iterable[Batch]) -> Iterator[Batch]:
         epoch, base, _ = dataset._resume_point()
         self.epoch, self.seen = epoch, base
         for item in items:
@@ -663,7 +663,7 @@ class StoreLoader(DataLoader):
         self._count = _Counter()
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._count.wrap(self.dataset, super().__iter__(), self.num_workers)
+        return self._count.wrap(self.dataset, super().__iter__())
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -688,11 +688,14 @@ def make_loader(
     """A DataLoader yielding batches of `batch_size` from `dataset` (which is set to batch inside its workers).
 
     Workers start with `spawn` (or `forkserver`; `fork` deadlocks with zarr's I/O thread) and persist across
-    epochs; memory is pinned when CUDA is available.
+    epochs; memory is pinned when CUDA is available. `num_workers=0` streams in-process: shard reads and
+    batch assembly run in background threads (zstd and numpy copies release the GIL) and batches need no
+    inter-process hand-over, which with workers costs more CPU than reading (torch puts every batch in fresh
+    shared memory): on 2 CPUs in-process was the faster choice (benchmarks/loader.py).
     """
     if multiprocessing_context not in ("spawn", "forkserver"):
-        raise ValueError(f"multiprocessing_context must be 'spawn' or 'forkserver', got {multiprocessing_context!r}"
-                         " (fork deadlocks with zarr's event-loop thread)")
+        raise ValueError(f"multiprocessing_context must be 'spawn' or 'forkserver', not "
+                         f"{multiprocessing_context!r} (fork deadlocks with zarr's event-loop thread)")
     if dataset.batch_size not in (None, batch_size) or (dataset.batch_size and dataset.drop_last != drop_last):
         raise ValueError(f"dataset batches by {dataset.batch_size} (drop_last={dataset.drop_last}); "
                          f"the loader asks for {batch_size} (drop_last={drop_last})")
@@ -774,7 +777,7 @@ class DeviceBatcher:
             return to_model_layout(moved, self.conversions)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._count.wrap(self.dataset, self._batches(), self.num_workers)
+        return self._count.wrap(self.dataset, self._batches())
 
     def _batches(self) -> Iterator[Batch]:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
