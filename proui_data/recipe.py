@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tables import build_dataclass
+
 
 class RecipeError(ValueError):
     pass
@@ -86,40 +88,7 @@ def _plain(x: Any) -> Any:
 
 
 def _build(cls: type, data: dict, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a table, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        f = known[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, key)
-        elif isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)) or len(value) != len(default):
-                raise RecipeError(f"{key}: expected a list of {len(default)} numbers, got {value!r}")
-            kwargs[name] = tuple(type(d)(v) for d, v in zip(default, value))
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise RecipeError(f"{key}: expected true/false, got {value!r}")
-            kwargs[name] = value
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RecipeError(f"{key}: expected a number, got {value!r}")
-            if isinstance(default, int) and not float(value).is_integer():
-                raise RecipeError(f"{key}: expected an integer, got {value!r}")
-            kwargs[name] = type(default)(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise RecipeError(f"{key}: expected a string, got {value!r}")
-            kwargs[name] = value
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+    return build_dataclass(cls, data, where, RecipeError)
 
 
 def _check(r: Recipe) -> Recipe:

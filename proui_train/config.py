@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proui_data.tables import build_dataclass
+
 
 class ConfigError(ValueError):
     pass
@@ -90,41 +92,8 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _coerce(default: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(default):
-        return _build(type(default), value, key)
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(default):
-            raise ConfigError(f"{key}: expected a list of {len(default)} values, got {value!r}")
-        return tuple(_coerce(d, v, key) for d, v in zip(default, value))
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(default, int) and not float(value).is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return type(default)(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
 def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kw = {}
-    for k, v in data.items():
-        f = known[k]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw[k] = _coerce(default, v, f"{where}.{k}" if where else k)
-    return cls(**kw)
+    return build_dataclass(cls, data, where, ConfigError)
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from proui_data.align import TEMPLATE_5, similarity_transform as similarity
 from proui_data.flip import (
     FLIP_PERMUTATION_68,
     PARSING_FLIP,
@@ -20,16 +21,7 @@ from proui_data.flip import (
 from proui_data.heatmaps import render_heatmaps
 from proui_data.parsing import parsing_from_landmarks
 
-TEMPLATE_5 = np.array([[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]])
 HELEN_PHOTOS = ("296814969_3", "2968560214_1", "2968784797_1")
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    a = np.zeros((2 * len(src), 4))
-    a[0::2] = np.c_[src[:, 0], -src[:, 1], np.ones(len(src)), np.zeros(len(src))]
-    a[1::2] = np.c_[src[:, 1], src[:, 0], np.zeros(len(src)), np.ones(len(src))]
-    c, s, tx, ty = np.linalg.lstsq(a, dst.reshape(-1), rcond=None)[0]
-    return np.array([[c, -s, tx], [s, c, ty]])
 
 
 def read_pts(path: Path) -> np.ndarray:

@@ -6,20 +6,10 @@ import time
 import numpy as np
 import pytest
 
+from proui_data.align import TEMPLATE_5, similarity_transform as similarity
 from proui_data.heatmaps import render_heatmaps, render_heatmaps_torch
 
-# Five-point template of the aligned 128x128 crop (eye centres, nose tip, mouth corners; proui_data.align).
-TEMPLATE_5 = np.array([[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]])
 RAW_BYTES = 68 * 64 * 64
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (2,3) taking src points onto dst points."""
-    a = np.zeros((2 * len(src), 4))
-    a[0::2] = np.c_[src[:, 0], -src[:, 1], np.ones(len(src)), np.zeros(len(src))]
-    a[1::2] = np.c_[src[:, 1], src[:, 0], np.zeros(len(src)), np.ones(len(src))]
-    c, s, tx, ty = np.linalg.lstsq(a, dst.reshape(-1), rcond=None)[0]
-    return np.array([[c, -s, tx], [s, c, ty]])
 
 
 def read_pts(path) -> np.ndarray:

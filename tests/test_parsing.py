@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from proui_data.align import TEMPLATE_5, landmarks68_to_5 as five_points, similarity_transform as similarity
 from proui_data.parsing import (
     CELEBAMASK_NAMES,
     CELEBAMASK_TO_HELEN,
@@ -17,22 +18,9 @@ from proui_data.parsing import (
     parsing_from_landmarks,
 )
 
-TEMPLATE_5 = np.array([[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]])
 # Classes compared between landmark polygons and human CelebAMask-HQ labels (brows are left out: dlib's
 # brow points trace the upper edge only, so the band below them is a guess of the thickness).
 COMPARED = (1, 6, 4, 5, 7, 9)
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    a = np.zeros((2 * len(src), 4))
-    a[0::2] = np.c_[src[:, 0], -src[:, 1], np.ones(len(src)), np.zeros(len(src))]
-    a[1::2] = np.c_[src[:, 1], src[:, 0], np.zeros(len(src)), np.ones(len(src))]
-    c, s, tx, ty = np.linalg.lstsq(a, dst.reshape(-1), rcond=None)[0]
-    return np.array([[c, -s, tx], [s, c, ty]])
-
-
-def five_points(lm: np.ndarray) -> np.ndarray:
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
 
 
 def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
