@@ -1,21 +1,55 @@
 """Face detection and 68-point landmarks that work offline on a fresh machine.
 
-dlib's HOG frontal face detector and its 68-point shape predictor (iBUG 300-W scheme), with the weights that
-the `face_recognition_models` package installs from the registry. Models load once per process (so once per
-Dask worker) and are reused. When HOG finds nothing on a source whose frame is known (CelebA's aligned
-images), the predictor is run in the source's expected face box: those images are aligned by construction.
+The offline default is dlib's 68-point shape predictor (iBUG 300-W scheme) with the weights that the
+`face_recognition_models` package installs from the registry. Its face box comes from a fallback chain,
+each stage tried only when the ones before found nothing:
+
+  dlib-hog       HOG frontal detector at the recipe's upsample level
+  dlib-hog-upN   HOG one pyramid level up (N = upsample + 1), only on small images
+  dlib-mmod      dlib's MMOD CNN detector on a reduced image (about 1 s on one core, so only for misses)
+  opencv-haar    OpenCV's frontal Haar cascade, where the OpenCV build ships it (OpenCV 5 wheels do not)
+  dlib-prior-box the source's expected face box (aligned sources such as CelebA)
+
+The predictor was trained on HOG boxes, so MMOD and Haar boxes are mapped to HOG framing first
+(`BOX_TO_HOG`, measured on Helen trainset by `benchmarks/landmarks.py --calibrate`). The largest face wins
+(among confident detections, see RELATIVE_SCORE).
+The `face-alignment` backend (proui_data.fan, a 2D FAN) takes its boxes from the same chain.
+Models load once per process (so once per Dask worker) and are reused; dlib's detectors are not
+thread-safe (the HOG one releases the GIL), so each thread gets its own detector instances.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
+
+BACKENDS = ("auto", "annotation", "dlib", "face-alignment")
+# A HOG miss is retried one pyramid level up only when the upsampled image stays this small (cost ~4x).
+UPSAMPLE_MAX_SIDE = 1024
+# MMOD runs on the image reduced to this long side (1-2 s on one core). It needs faces of ~50-60 px at that
+# size, so this stage misses faces under about a sixth of the photo's long side (HOG's stages cover those).
+MMOD_MAX_SIDE = 384
+# Box (centre shift dx, dy in box widths; size factor) that turns a stage's box into the HOG box of the same
+# face: medians over faces both detectors found on Helen trainset (benchmarks/landmarks.py --calibrate).
+# MMOD (at MMOD_MAX_SIDE): 429 faces of the first 400 photos; on photos 400-519 it lowers the predictor's NME
+# on MMOD boxes from 0.0363 (raw) to 0.0293 (HOG boxes: 0.0279). Haar: 314 faces of the first 360,
+# measured with an OpenCV 4.14 wheel (OpenCV 5 has no cascades). Both frame faces higher than HOG does.
+BOX_TO_HOG = {
+    "dlib-mmod": (0.0451, 0.0694, 0.9871),
+    "opencv-haar": (0.0063, 0.0724, 0.8905),
+}
+# The largest face wins among detections (HOG, MMOD) scoring at least this fraction of the best one: keeps weak
+# false positives (a patch on a suit) from beating a real face; on Helen trainset it picks the annotated
+# face in 812 of 844 photos (largest alone: 807).
+RELATIVE_SCORE = 0.25
 
 
 class NoFace(Exception):
@@ -41,49 +75,237 @@ def dlib_models_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
-@functools.lru_cache(maxsize=None)
-def _dlib_models() -> tuple[object, object]:
-    import dlib
-
-    path = dlib_models_dir() / "shape_predictor_68_face_landmarks.dat"
+def _dlib_file(name: str) -> str:
+    path = dlib_models_dir() / name
     if not path.is_file():
         raise RuntimeError(f"missing dlib weights {path}")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+    return str(path)
+
+
+_per_thread = threading.local()
+
+
+@functools.lru_cache(maxsize=None)
+def _predictor() -> object:
+    import dlib
+
+    # shape_predictor is read-only at inference, so one instance serves all threads
+    return dlib.shape_predictor(_dlib_file("shape_predictor_68_face_landmarks.dat"))
+
+
+def _dlib_models() -> tuple[object, object]:
+    """(this thread's HOG detector, the shared 68-point predictor)."""
+    import dlib
+
+    if not hasattr(_per_thread, "hog"):
+        _per_thread.hog = dlib.get_frontal_face_detector()
+    return _per_thread.hog, _predictor()
+
+
+def _mmod() -> object:
+    import dlib
+
+    if not hasattr(_per_thread, "mmod"):
+        _per_thread.mmod = dlib.cnn_face_detection_model_v1(_dlib_file("mmod_human_face_detector.dat"))
+    return _per_thread.mmod
+
+
+def haar_cascade_path() -> Path | None:
+    """OpenCV's frontal face cascade: $PROUI_HAAR_CASCADE, else the one the OpenCV wheel ships (if any)."""
+    env = os.environ.get("PROUI_HAAR_CASCADE")
+    if env:
+        return Path(env)
+    import cv2
+
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    path = Path(folder or "") / "haarcascade_frontalface_default.xml"
+    return path if folder and path.is_file() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _haar() -> object | None:
+    import cv2
+
+    path = haar_cascade_path()
+    # OpenCV 5 dropped CascadeClassifier from the main modules along with the bundled cascades.
+    if path is None or not hasattr(cv2, "CascadeClassifier"):
+        return None
+    cascade = cv2.CascadeClassifier(str(path))
+    return None if cascade.empty() else cascade
 
 
 @dataclass(frozen=True)
 class Located:
     landmarks: np.ndarray  # (68,2) float64 in the given image's pixels
-    source: str  # "dlib-hog" | "dlib-prior-box" | "dlib-given-box"
+    source: str  # the stage that found the box, e.g. "dlib-hog", "dlib-mmod", "fan+dlib-hog", "dlib-given-box"
     n_faces: int
+    box: Box | None = None  # the HOG-framed box the landmarks were predicted in
 
 
-def predict_in_box(rgb: np.ndarray, box: Box) -> np.ndarray:
-    """68 points from dlib's shape predictor inside a face box."""
-    import dlib
+@dataclass(frozen=True)
+class Detection:
+    boxes: list[Box]  # HOG-framed, largest first
+    stage: str  # which chain stage found them
 
-    _, predictor = _dlib_models()
-    rect = dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])), int(round(box[3])))
-    shape = predictor(rgb, rect)
-    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+def _checked(rgb: np.ndarray) -> np.ndarray:
+    """The image as dlib needs it (C-contiguous uint8 HxWx3), or a clear error."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {got}")
+    return np.ascontiguousarray(rgb)
+
+
+def _area(b: Box) -> float:
+    return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def _largest_first(boxes: list[Box], scores: Sequence[float] | None = None) -> list[Box]:
+    """Largest first, but boxes scoring under RELATIVE_SCORE x the best score go after all the others."""
+    if scores is None or not len(boxes):
+        return sorted(boxes, key=lambda b: -_area(b))
+    top = max(scores)
+    return [b for _, _, b in sorted(((s < RELATIVE_SCORE * top, -_area(b), b) for b, s in zip(boxes, scores)),
+                                    key=lambda t: t[:2])]
+
+
+def to_hog_frame(box: Box, stage: str) -> Box:
+    """A stage's raw box mapped to the framing of a dlib HOG box of the same face."""
+    if stage not in BOX_TO_HOG:
+        return box
+    dx, dy, s = BOX_TO_HOG[stage]
+    w, h = box[2] - box[0], box[3] - box[1]
+    cx, cy = (box[0] + box[2]) / 2 + dx * w, (box[1] + box[3]) / 2 + dy * w
+    return (cx - s * w / 2, cy - s * h / 2, cx + s * w / 2, cy + s * h / 2)
+
+
+def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
+    """dlib HOG face boxes, largest first."""
+    detector, _ = _dlib_models()
+    rects, scores, _ = detector.run(_checked(rgb), upsample, 0.0)
+    return _largest_first([(r.left(), r.top(), r.right(), r.bottom()) for r in rects], scores)
+
+
+def mmod_boxes(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> list[Box]:
+    """dlib MMOD CNN face boxes (raw framing, in `rgb`'s pixels), largest first; run on a reduced copy."""
+    import cv2
+
+    rgb = _checked(rgb)
+    s = min(1.0, max_side / max(rgb.shape[:2]))
+    small = cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else rgb
+    found = _mmod()(_checked(small), 0)
+    # pixel centres map as x_small = s * x + (s - 1) / 2
+    return _largest_first([tuple((v - (s - 1) / 2) / s for v in (d.rect.left(), d.rect.top(), d.rect.right(),
+                                                                    d.rect.bottom())) for d in found],
+                          [d.confidence for d in found])
+
+
+def haar_boxes(rgb: np.ndarray) -> list[Box] | None:
+    """OpenCV Haar frontal face boxes (raw framing), largest first; None when OpenCV has no cascade."""
+    import cv2
+
+    cascade = _haar()
+    if cascade is None:
+        return None
+    gray = cv2.cvtColor(_checked(rgb), cv2.COLOR_RGB2GRAY)
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
+    return _largest_first([(float(x), float(y), float(x + w - 1), float(y + h - 1)) for x, y, w, h in found])
 
 
 def detect_faces(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
-    """HOG face boxes, largest first."""
-    detector, _ = _dlib_models()
-    rects = detector(rgb, upsample)
-    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
-    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+    """HOG face boxes, largest first (the first stage alone)."""
+    return hog_boxes(rgb, upsample)
+
+
+def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True) -> Detection | None:
+    """The first chain stage that finds a face (see module docstring), boxes in HOG framing; None if none does."""
+    boxes = hog_boxes(rgb, upsample)
+    if boxes or not fallback:
+        return Detection(boxes, "dlib-hog") if boxes else None
+    if max(rgb.shape[:2]) * 2 ** (upsample + 1) <= UPSAMPLE_MAX_SIDE:
+        boxes = hog_boxes(rgb, upsample + 1)
+        if boxes:
+            return Detection(boxes, f"dlib-hog-up{upsample + 1}")
+    for stage, find in (("dlib-mmod", mmod_boxes), ("opencv-haar", haar_boxes)):
+        boxes = find(rgb)
+        if boxes:
+            return Detection([to_hog_frame(b, stage) for b in boxes], stage)
+    return None
+
+
+def predict_in_box(rgb: np.ndarray, box: Box) -> np.ndarray:
+    """68 points from dlib's shape predictor inside a (HOG-framed) face box."""
+    import dlib
+
+    rect = dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])), int(round(box[3])))
+    shape = _predictor()(_checked(rgb), rect)
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def landmark_backend(value: str, has_annotation: bool = False) -> str:
+    """The backend a recipe's `detect.landmarks` value uses for one sample: annotation, dlib or face-alignment."""
+    if value not in BACKENDS:
+        raise ValueError(f"detect.landmarks: {value!r} is not one of {', '.join(BACKENDS)}")
+    if value == "auto":
+        return "annotation" if has_annotation else "dlib"
+    return value
+
+
+def _find_box(rgb: np.ndarray, upsample: int, prior_box: Box | None, given_box: Box | None,
+              fallback: bool) -> tuple[Box, str, int]:
+    if given_box is not None:
+        return tuple(given_box), "given-box", 1
+    found = detect(rgb, upsample, fallback)
+    if found is not None:
+        return found.boxes[0], found.stage, len(found.boxes)
+    if prior_box is not None:
+        return tuple(prior_box), "prior-box", 0
+    raise NoFace("no_face")
+
+
+def _source(backend: str, stage: str) -> str:
+    if stage in ("given-box", "prior-box"):
+        return f"dlib-{stage}" if backend == "dlib" else f"fan+{stage}"
+    return stage if backend == "dlib" else f"fan+{stage}"
 
 
 def locate_face(rgb: np.ndarray, upsample: int = 0, prior_box: Box | None = None,
-                given_box: Box | None = None) -> Located:
-    """The largest face's 68 landmarks, trying: a given (annotated) box, HOG, the prior box. Raises NoFace."""
-    if given_box is not None:
-        return Located(predict_in_box(rgb, given_box), "dlib-given-box", 1)
-    boxes = detect_faces(rgb, upsample)
-    if boxes:
-        return Located(predict_in_box(rgb, boxes[0]), "dlib-hog", len(boxes))
-    if prior_box is not None:
-        return Located(predict_in_box(rgb, prior_box), "dlib-prior-box", 0)
-    raise NoFace("no_face")
+                given_box: Box | None = None, backend: str = "dlib", fallback: bool = True) -> Located:
+    """The largest face's 68 landmarks. Box from: a given (annotated) box, the detector chain, the prior box.
+
+    `backend` is "dlib" (shape predictor) or "face-alignment" (2D FAN, proui_data.fan). Raises NoFace.
+    """
+    return locate_faces([rgb], upsample, [prior_box], [given_box], backend, fallback)[0]
+
+
+def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
+                 prior_boxes: Sequence[Box | None] | None = None, given_boxes: Sequence[Box | None] | None = None,
+                 backend: str = "dlib", fallback: bool = True) -> list[Located | NoFace]:
+    """`locate_face` on many images; the face-alignment backend runs one batched forward for all of them.
+
+    Raises NoFace for the first image without a face when there is one image; otherwise that image's
+    entry is the NoFace exception itself (so a batch is not lost to one bad image).
+    """
+    if backend not in ("dlib", "face-alignment"):
+        raise ValueError(f"landmark backend {backend!r} is not 'dlib' or 'face-alignment'")
+    n = len(images)
+    prior_boxes = list(prior_boxes) if prior_boxes is not None else [None] * n
+    given_boxes = list(given_boxes) if given_boxes is not None else [None] * n
+    found: list[tuple[Box, str, int] | NoFace] = []
+    for rgb, prior, given in zip(images, prior_boxes, given_boxes):
+        try:
+            found.append(_find_box(rgb, upsample, prior, given, fallback))
+        except NoFace as e:
+            found.append(e)
+    if n == 1 and isinstance(found[0], NoFace):
+        raise found[0]
+    ok = [i for i, f in enumerate(found) if not isinstance(f, NoFace)]
+    if backend == "dlib":
+        marks = {i: predict_in_box(images[i], found[i][0]) for i in ok}
+    else:
+        from .fan import landmarker
+
+        pts = landmarker().predict([(images[i], found[i][0]) for i in ok])
+        marks = dict(zip(ok, pts))
+    return [f if isinstance(f, NoFace) else Located(marks[i], _source(backend, f[1]), f[2], f[0])
+            for i, f in enumerate(found)]

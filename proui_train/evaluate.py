@@ -36,7 +36,7 @@ def load_generator(checkpoint: str, device: torch.device, use_ema: bool = True) 
 
     ck = load_checkpoint(checkpoint)
     cfg = _build(TrainConfig, ck["config"], "")
-    g = build_generator(cfg)
+    g = build_generator(cfg, device)
     g.load_state_dict(ck["ema" if use_ema else "generator"])
     return g.to(device).eval()
 

@@ -52,20 +52,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_generator(cfg: TrainConfig) -> ProUIGAN:
+def build_generator(cfg: TrainConfig, device: torch.device | str = "cpu") -> ProUIGAN:
     m = cfg.model
     estimator = None
     if m.prior == "fan":
-        from proui_data.fan import load_fan_heatmap_estimator  # optional: needs local FAN weights
+        from .fan_prior import load_fan_heatmap_estimator  # needs local FAN weights
 
-        estimator = load_fan_heatmap_estimator(m.fan_weights)
+        estimator = load_fan_heatmap_estimator(m.fan_weights, device)
     return ProUIGAN(ProUIGANConfig(prior=m.prior, heads=m.heads, scale_attention=m.scale_attention, norm=m.norm),
                     heatmap_estimator=estimator)
 
 
 def loss_weights(cfg: TrainConfig) -> StageLossWeights:
     w = cfg.loss
-    return StageLossWeights(face_l2=w.face_l2, out_l2=w.out_l2, heatmap=w.heatmap, prior=w.prior, tv=w.tv,
+    prior = (0.0, 0.0, 0.0) if cfg.model.prior == "fan" else w.prior  # a frozen FAN is not trained
+    return StageLossWeights(face_l2=w.face_l2, out_l2=w.out_l2, heatmap=w.heatmap, prior=prior, tv=w.tv,
                             style=w.style, perceptual=w.perceptual, adversarial=w.adversarial)
 
 
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     # model, EMA, discriminator, optimisers
-    generator = build_generator(cfg).to(device)
+    generator = build_generator(cfg, device).to(device)
     discriminator = global_discriminator().to(device)
     if cfg.channels_last and device.type == "cuda":
         generator = generator.to(memory_format=torch.channels_last)

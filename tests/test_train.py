@@ -134,3 +134,23 @@ def test_eval_bicubic_baseline_on_fsrnet(shared_data, tmp_path):
     assert m["celeba"]["n"] == 1000 and m["helen"]["n"] == 50
     assert abs(m["celeba"]["psnr_y"] - 23.58) < 0.1 and abs(m["celeba"]["ssim_y"] - 0.6285) < 0.01
     assert abs(m["helen"]["psnr_y"] - 23.88) < 0.25 and abs(m["helen"]["ssim_y"] - 0.6628) < 0.01
+
+
+def test_fan_prior_loads_local_weights(tmp_path):
+    """`model.prior = "fan"` loads a locally saved FAN-4 (random weights: the loading path, not accuracy)."""
+    fa_models = pytest.importorskip("face_alignment.models")
+    torch.manual_seed(0)
+    path = tmp_path / "fan4.pth"
+    torch.save(fa_models.FAN(4).state_dict(), path)
+    cfg = load_config(None, sets=['model.prior="fan"', f'model.fan_weights="{path}"'])
+    g = train_mod.build_generator(cfg).eval()
+    assert train_mod.loss_weights(cfg).prior == (0.0, 0.0, 0.0)
+    with torch.no_grad():
+        out = g(torch.zeros(1, 3, 16, 16))
+    assert out["final"].shape == (1, 3, 128, 128)
+    assert [s["prior"].shape[1:] for s in out["stages"]] == [(7, 16, 16), (42, 32, 32), (68, 64, 64)]
+    # the FAN is frozen and not part of the trained parameters
+    assert all(p.requires_grad for p in g.parameters())
+    missing = load_config(None, sets=['model.prior="fan"', f'model.fan_weights="{tmp_path / "nope.pth"}"'])
+    with pytest.raises(Exception, match="nope.pth|2DFAN"):
+        train_mod.build_generator(missing)

@@ -1,0 +1,207 @@
+"""Landmark accuracy of each backend on Helen (300-W release), per fallback stage, with speed on one core.
+
+    OMP_NUM_THREADS=1 python benchmarks/landmarks.py                 # evaluate on Helen testset (330 photos)
+    OMP_NUM_THREADS=1 python benchmarks/landmarks.py --calibrate     # measure the box corrections on trainset
+
+NME: mean point-to-point error over the 68 points / inter-ocular distance (outer eye corners 36 and 45).
+A face counts as detected when its landmarks have NME < 0.2 (the predicted face is the annotated one and
+the fit did not collapse); mean NME is over detected faces. Helen photos may hold several people while the
+`.pts` annotates one (`<id>_2.jpg` is the second face of photo `<id>`), so two selections are reported:
+`largest` (what the pipeline does) and `annotated` (of the boxes the firing stage found, the one nearest
+the annotated face: the detector's recall, independent of which person a build would pick).
+Calibration (trainset only; testset is never tuned on): the centre shift and size that map MMOD and Haar
+boxes onto the HOG box of the same face (detect.BOX_TO_HOG), and the HOG box -> 68-point box map used to
+frame FAN crops (fan.HOG_TO_LANDMARK_BOX); medians over faces both detectors found (IoU > 0.4).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from proui_data import detect  # noqa: E402
+from proui_data.sources.helen import read_pts  # noqa: E402
+
+HELEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w" / "helen"
+DETECTED_NME = 0.2
+FAILURE_NME = 0.08  # the usual 300-W failure threshold
+
+
+def nme(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean point error over inter-ocular (outer eye corner) distance."""
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def landmark_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    return (*points.min(0), *points.max(0))
+
+
+def load(split_dir: Path, limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    files = sorted(split_dir.glob("*.jpg"))[:limit]
+    if not files:
+        sys.exit(f"no Helen images in {split_dir} (set --root)")
+    return [(f.name, np.asarray(Image.open(f).convert("RGB")), read_pts(f.with_suffix(".pts"))) for f in files]
+
+
+def summarize(errors: list[float], n: int) -> dict:
+    e = np.array(errors)
+    ok = e[e < DETECTED_NME]
+    return {"n": n, "found": len(e), "detected": len(ok), "rate": len(ok) / n if n else float("nan"),
+            "nme": ok.mean() if len(ok) else float("nan"), "median": np.median(ok) if len(ok) else float("nan"),
+            "fail08": int((e >= FAILURE_NME).sum()) + n - len(e)}
+
+
+def row(name: str, s: dict, ips: str = "") -> str:
+    return (f"| {name:38s} | {s['found']:4d}/{s['n']:<4d} | {s['detected']:4d} ({100 * s['rate']:5.1f} %)     | "
+            f"{s['nme']:.4f} | {s['median']:.4f} | {s['fail08']:6d} | {ips:>9s} |")
+
+
+HEADER = ("| backend / stage                        | returned  | detected (NME<0.2) | NME    | median | >=0.08 | images/s  |\n"
+          "|----------------------------------------|-----------|--------------------|--------|--------|--------|-----------|")
+
+
+def evaluate(data, upsample: int, stages_alone: bool) -> None:
+    n = len(data)
+    chain = {"largest": [], "annotated": []}
+    per_stage: dict[str, dict[str, list]] = {}
+    hog_only = []
+    fan_items = []  # (index, rgb, box) of the annotated selection, for the FAN row
+    seconds, missing = 0.0, 0
+    for i, (name, rgb, gt) in enumerate(data):
+        t = time.perf_counter()
+        found = detect.detect(rgb, upsample)
+        if found is not None:
+            largest = detect.predict_in_box(rgb, found.boxes[0])
+        seconds += time.perf_counter() - t  # the pipeline's cost: chain + predictor on the largest face
+        if found is None:
+            missing += 1
+            continue
+        box = max(found.boxes, key=lambda b: iou(b, landmark_box(gt)))
+        marked = largest if box == found.boxes[0] else detect.predict_in_box(rgb, box)
+        st = per_stage.setdefault(found.stage, {"largest": [], "annotated": []})
+        for sel, pts in (("largest", largest), ("annotated", marked)):
+            e = nme(pts, gt)
+            chain[sel].append(e)
+            st[sel].append(e)
+        if found.stage == "dlib-hog":
+            hog_only.append(nme(marked, gt))
+        fan_items.append((i, rgb, box))
+    ips = n / seconds
+
+    print(f"Helen testset, {n} photos, HOG upsample {upsample}; one core (OMP_NUM_THREADS=1), dlib {dlib_version()}")
+    print(HEADER)
+    for sel in ("largest", "annotated"):
+        print(row(f"dlib chain, {sel}", summarize(chain[sel], n), f"{ips:.1f}" if sel == "largest" else ""))
+    print(row("dlib HOG only (no fallback), annotated", summarize(hog_only, n)))
+    for stage, errs in per_stage.items():
+        print(row(f"  stage {stage}, annotated", summarize(errs["annotated"], len(errs["annotated"]))))
+    print(f"| {'  no stage found a face':38s} | {missing:4d}      |")
+    print(fan_row(fan_items, data))
+    if stages_alone:
+        print("\nEach stage alone on every photo (annotated selection), boxes mapped to HOG framing:")
+        print(HEADER)
+        for stage, find in (("dlib-hog", lambda im: detect.hog_boxes(im, upsample)),
+                            (f"dlib-hog-up{upsample + 1}", lambda im: detect.hog_boxes(im, upsample + 1)),
+                            ("dlib-mmod", detect.mmod_boxes), ("opencv-haar", detect.haar_boxes)):
+            errs, t = [], time.perf_counter()
+            for _, rgb, gt in data:
+                boxes = find(rgb)
+                if boxes is None:
+                    errs = None
+                    break
+                if boxes:
+                    b = detect.to_hog_frame(max(boxes, key=lambda b: iou(b, landmark_box(gt))), stage)
+                    errs.append(nme(detect.predict_in_box(rgb, b), gt))
+            if errs is None:
+                print(f"| {stage:38s} | not available in this OpenCV build")
+            else:
+                print(row(stage, summarize(errs, n), f"{n / (time.perf_counter() - t):.1f}"))
+
+
+def dlib_version() -> str:
+    import dlib
+
+    return dlib.__version__
+
+
+def fan_row(items, data) -> str:
+    from proui_data import fan
+
+    try:
+        lm = fan.FanLandmarker()
+    except fan.FanWeightsMissing as e:
+        return f"| {'face-alignment (2D FAN)':38s} | weights not available: no {e.file} (PROUI_FAN_WEIGHTS, {fan.hub_checkpoints()})"
+    t = time.perf_counter()
+    pts = lm.predict([(rgb, box) for _, rgb, box in items])
+    dt = time.perf_counter() - t
+    errs = [nme(p, data[i][2]) for p, (i, _, _) in zip(pts, items)]
+    return row(f"face-alignment on chain boxes ({lm.device})", summarize(errs, len(data)), f"{len(items) / dt:.1f}")
+
+
+def calibrate(data) -> None:
+    """Median box maps between detectors on faces both found (trainset)."""
+    pairs: dict[str, list] = {"dlib-mmod": [], "opencv-haar": []}
+    to_landmarks = []
+    for _, rgb, gt in data:
+        lb = landmark_box(gt)
+        hogs = detect.hog_boxes(rgb, 0)
+        for hb in hogs:
+            if iou(hb, lb) > 0.4:
+                w = hb[2] - hb[0]
+                to_landmarks.append([(lb[0] + lb[2] - hb[0] - hb[2]) / 2 / w, (lb[1] + lb[3] - hb[1] - hb[3]) / 2 / w,
+                                     (lb[2] - lb[0]) / w, (lb[3] - lb[1]) / w])
+        for stage, find in (("dlib-mmod", detect.mmod_boxes), ("opencv-haar", detect.haar_boxes)):
+            boxes = find(rgb) if pairs[stage] is not None else None
+            if boxes is None:
+                pairs[stage] = None
+                continue
+            for hb in hogs:
+                best = max(boxes, key=lambda b: iou(hb, b), default=None)
+                if best is not None and iou(hb, best) > 0.4:
+                    w = best[2] - best[0]
+                    pairs[stage].append([(hb[0] + hb[2] - best[0] - best[2]) / 2 / w,
+                                         (hb[1] + hb[3] - best[1] - best[3]) / 2 / w, (hb[2] - hb[0]) / w])
+    print(f"Helen trainset, {len(data)} photos. Medians (interquartile range):")
+    for stage, p in pairs.items():
+        if p is None:
+            print(f"  {stage}: not available in this OpenCV build")
+            continue
+        a = np.array(p)
+        q = np.percentile(a, 75, 0) - np.percentile(a, 25, 0)
+        print(f"  {stage} -> HOG box, {len(a)} faces: dx {np.median(a[:, 0]):+.4f} dy {np.median(a[:, 1]):+.4f} "
+              f"(box widths), size x{np.median(a[:, 2]):.4f}   IQR {q.round(3).tolist()}")
+    a = np.array(to_landmarks)
+    print(f"  HOG box -> 68-point box, {len(a)} faces: dx {np.median(a[:, 0]):+.4f} dy {np.median(a[:, 1]):+.4f} "
+          f"width x{np.median(a[:, 2]):.4f} height x{np.median(a[:, 3]):.4f} (HOG box widths)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", type=Path, default=HELEN, help="Helen 300-W root with trainset/ and testset/")
+    ap.add_argument("--limit", type=int, default=None, help="first N photos only")
+    ap.add_argument("--upsample", type=int, default=0, help="HOG upsample of the first stage (recipe detect.upsample)")
+    ap.add_argument("--stages-alone", action="store_true", help="also run every stage on every photo (slow: MMOD)")
+    ap.add_argument("--calibrate", action="store_true", help="measure the box corrections on trainset")
+    args = ap.parse_args()
+    if args.calibrate:
+        calibrate(load(args.root / "trainset", args.limit))
+    else:
+        evaluate(load(args.root / "testset", args.limit), args.upsample, args.stages_alone)
+
+
+if __name__ == "__main__":
+    main()
