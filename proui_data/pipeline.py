@@ -21,7 +21,7 @@ import numpy as np
 from . import align, store
 from .decode import DecodeError, decode_image
 from .degrade import DegradeConfig, degrade
-from .detect import NoFace, locate_face
+from .detect import Located, NoFace, locate_face, locate_faces
 from .recipe import Recipe
 from .schema import Field, core_fields, occlusion_fields, prior_fields
 from .sources import Item, Source
@@ -45,6 +45,13 @@ def sample_rng(seed: int, key: str, stream: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest, "little")])
 
 
+def prior_box(source: Source, recipe: Recipe, scale: float) -> tuple | None:
+    """The source's expected face box in decoded-image pixels, when the recipe allows it."""
+    if not (recipe.detect.prior_box and source.prior_box):
+        return None
+    return tuple(np.asarray(source.prior_box) * scale)
+
+
 def _reject(row: dict[str, Any], reason: str) -> dict[str, Any]:
     row["valid"] = False
     row["reject_reason"] = reason
@@ -55,8 +62,23 @@ def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.float64) * s
 
 
-def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]) -> dict[str, Any]:
-    """One sample through the whole flow; returns one value per field (see module docstring)."""
+def landmark_backend(recipe: Recipe) -> str:
+    return "face-alignment" if recipe.detect.landmarks == "face-alignment" else "dlib"
+
+
+def uses_detector(item: Item, recipe: Recipe) -> bool:
+    """Whether the sample's landmarks come from the detector chain (not from its annotation)."""
+    lm = item.landmarks
+    annotated = lm is not None and np.asarray(lm).shape[0] in (5, 68) and np.isfinite(lm).all()
+    return recipe.detect.landmarks in ("dlib", "face-alignment") or (recipe.detect.landmarks == "auto" and not annotated)
+
+
+def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field],
+                 located: Located | NoFace | None = None) -> dict[str, Any]:
+    """One sample through the whole flow; returns one value per field (see module docstring).
+
+    `located`: the detector's result for this sample when the caller already ran it in a batch.
+    """
     row: dict[str, Any] = {f.name: f.empty(1)[0] for f in fields}
     row["key"] = item.key
     row["identity"] = item.identity
@@ -91,12 +113,15 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
             m = align.similarity_transform(points5, align.TEMPLATE_5)
             box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
                                             np.array(align.TEMPLATE_BOX).reshape(2, 2))
-            landmarks68 = locate_face(rgb, given_box=tuple(box_src.ravel())).landmarks
-            lm_source = "annotation5+dlib"
+            found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
+            landmarks68, lm_source = found.landmarks, f"annotation5+{found.source}"
         else:
-            prior = tuple(np.asarray(source.prior_box) * s) if det.prior_box and source.prior_box else None
-            found = locate_face(rgb, det.upsample, prior_box=prior)
-            landmarks68, lm_source = found.landmarks, found.source
+            if located is None:
+                located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
+                                      backend=landmark_backend(recipe), fallback=det.fallback)
+            if isinstance(located, NoFace):
+                raise located
+            landmarks68, lm_source = located.landmarks, located.source
             points5 = align.landmarks68_to_5(landmarks68)
     except NoFace as e:
         return _reject(row, str(e))
@@ -174,8 +199,9 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
     """The unit of work: make every sample of shard k and write the shard once."""
     t0 = time.perf_counter()
     fields = fields_for(recipe, source)
+    located = batch_locate(source, items, recipe) if landmark_backend(recipe) == "face-alignment" else {}
     rows: list[dict[str, Any]] = []
-    for it in items:
+    for i, it in enumerate(items):
         prev = rows[-1] if rows else None
         if it.variant > 0 and prev is not None and prev["key"] == it.key:
             # Another occlusion of the face just made: reuse its clean arrays, draw a new occlusion.
@@ -184,7 +210,7 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
                 add_occlusion(row, it, recipe)
             rows.append(row)
         else:
-            rows.append(process_item(it, source, recipe, fields))
+            rows.append(process_item(it, source, recipe, fields, located.get(i)))
     block = {}
     for f in fields:
         b = f.empty(len(rows))
@@ -196,6 +222,31 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
     reasons = Counter(r["reject_reason"] for r in rows if not r["valid"])
     return {"split": split, "shard": k, "n": len(rows), "valid": sum(bool(r["valid"]) for r in rows),
             "rejects": dict(reasons), "seconds": time.perf_counter() - t0}
+
+
+def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int, Located | NoFace]:
+    """Detector results for a shard's samples in one batched landmark call (the FAN backend batches its
+    forward passes). Images are decoded here and again in `process_item`: decoding is < 1 ms, the network is
+    the cost."""
+    want, images, boxes = [], [], []
+    for i, it in enumerate(items):
+        if it.variant > 0 or not uses_detector(it, recipe):
+            continue
+        try:
+            d = decode_image(source.read(it), recipe.decode.max_pixels, recipe.decode.max_side)
+        except (DecodeError, OSError):
+            continue  # process_item records the reason
+        want.append(i)
+        images.append(d.rgb)
+        boxes.append(prior_box(source, recipe, d.scale))
+    if not images:
+        return {}
+    try:
+        found = locate_faces(images, recipe.detect.upsample, boxes, backend=landmark_backend(recipe),
+                             fallback=recipe.detect.fallback)
+    except NoFace as e:  # one faceless image raises rather than returning its NoFace
+        found = [e]
+    return dict(zip(want, found))
 
 
 @dataclass

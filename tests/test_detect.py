@@ -199,3 +199,30 @@ def test_fan_torchscript_archive_and_crop_geometry(fresh_fan, tmp_path):
     pts = lm.predict([(rgb, box)])[0]
     side = fan.crop_frame(box)[2]
     assert np.abs(pts - spot).max() <= side / 64  # one heatmap pixel
+
+
+def test_build_with_fan_backend_runs_one_batched_call_per_shard(fresh_fan, random_fan_dir, monkeypatch, tmp_path):
+    """`detect.landmarks = "face-alignment"` in a build: every shard's faces go through FAN together."""
+    import zarr
+
+    from proui_data.pipeline import plan_build
+    from proui_data.recipe import load_recipe
+    from proui_data.runner import run_plan
+    from proui_data.sources import get_source
+
+    monkeypatch.setenv("PROUI_FAN_WEIGHTS", str(random_fan_dir))
+    calls = []
+    real = fan.FanLandmarker.predict
+
+    def counting(self, faces):
+        calls.append(len(faces))
+        return real(self, faces)
+
+    monkeypatch.setattr(fan.FanLandmarker, "predict", counting)
+    base = load_recipe(None, "demo")
+    recipe = base.replace(detect=base.detect.__class__(**{**base.detect.__dict__, "landmarks": "face-alignment"}))
+    out = tmp_path / "fan.zarr"
+    run_plan(plan_build(get_source("demo"), recipe, str(out)), workers=0, progress=False)
+    assert calls == [4, 2, 2]  # shards of 4: train 4 + 2, val 2
+    g = zarr.open_group(str(out), mode="r")["train"]
+    assert all(str(s).startswith("fan+") for s in g["landmark_source"][:])
