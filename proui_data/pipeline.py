@@ -114,7 +114,8 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
             box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
                                             np.array(align.TEMPLATE_BOX).reshape(2, 2))
             found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
-            landmarks68, lm_source = found.landmarks, f"annotation5+{found.source}"
+            landmarks68 = found.landmarks
+            lm_source = "annotation5+" + ("fan" if landmark_backend(recipe) == "face-alignment" else "dlib")
         else:
             if located is None:
                 located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
