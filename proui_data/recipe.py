@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tables import build_dataclass
+from .tables import build_dataclass, read_toml
 
 
 class RecipeError(ValueError):
@@ -135,20 +134,7 @@ def default_recipe_path(source: str) -> importlib.resources.abc.Traversable:
 
 def load_recipe(path: str | Path | None, source: str) -> Recipe:
     """Read and validate a recipe file; None -> the shipped default for `source`."""
-    if path is None:
-        res = default_recipe_path(source)
-        if not res.is_file():
-            raise RecipeError(f"no default recipe for source {source!r} (expected pipelines/{source}.toml)")
-        text, where = res.read_text(), f"pipelines/{source}.toml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"recipe file not found: {p}")
-        text, where = p.read_text(), str(p)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{where}: invalid TOML: {e}") from None
+    data, where = read_toml(path, default_recipe_path(source), f"pipelines/{source}.toml", RecipeError)
     r = parse_recipe(data, where)
     if r.source and r.source != source:
         raise RecipeError(f"{where} is a recipe for source {r.source!r}, not {source!r}")

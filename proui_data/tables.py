@@ -6,6 +6,9 @@ type of the field's default (nested dataclass, fixed-length tuple, bool, int, fl
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import tomllib
+from pathlib import Path
 from typing import Any
 
 
@@ -45,3 +48,21 @@ def build_dataclass(cls: type, data: Any, where: str = "", error: type[ValueErro
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kwargs[name] = _coerce(default, value, f"{where}.{name}" if where else name, error)
     return cls(**kwargs)
+
+
+def read_toml(path: str | Path | None, default: importlib.resources.abc.Traversable, default_name: str,
+              error: type[ValueError] = ValueError) -> tuple[dict, str]:
+    """(table, name for messages) of a TOML file, or of the shipped `default` when `path` is None."""
+    if path is None:
+        if not default.is_file():
+            raise error(f"no {default_name} shipped with the package")
+        text, where = default.read_text(), default_name
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise error(f"file not found: {p}")
+        text, where = p.read_text(), str(p)
+    try:
+        return tomllib.loads(text), where
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{where}: invalid TOML: {e}") from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proui_data.tables import build_dataclass
+from proui_data.tables import build_dataclass, read_toml
 
 
 class ConfigError(ValueError):
@@ -125,17 +125,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] = ()) -> TrainConfig:
     """Read a TOML config (None: `pipelines/train/default.toml`), apply overrides, validate."""
-    if path is None:
-        text, where = (importlib.resources.files("proui_pipelines.train") / "default.toml").read_text(), "default.toml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        text, where = p.read_text(), str(p)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: invalid TOML: {e}") from None
+    data, where = read_toml(path, importlib.resources.files("proui_pipelines.train") / "default.toml",
+                            "pipelines/train/default.toml", ConfigError)
     for item in sets:
         keys, value = parse_override(item)
         node = data

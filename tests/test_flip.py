@@ -1,7 +1,6 @@
 """Horizontal flips: permutations, round trips, agreement with a detector and between numpy and torch."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -125,19 +124,11 @@ def test_bad_input():
 # --------------------------------------------------------------------------------------------- vs a detector
 
 
-@pytest.fixture(scope="module")
-def dlib_models():
-    dlib = pytest.importorskip("dlib")
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None:
-        pytest.skip("face_recognition_models (dlib weights) not installed")
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return dlib, dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
 
 
 def test_flipped_photo_matches_flipped_landmarks(shared_data, dlib_models):
     """dlib on a mirrored photo finds the mirrored, renumbered landmarks of the original photo."""
-    dlib, predictor = dlib_models
+    dlib, _, predictor = dlib_models
     errors, unpermuted = [], []
     for name in HELEN_PHOTOS:
         image = cv2.cvtColor(cv2.imread(str(shared_data / f"300w/helen/testset/{name}.jpg")), cv2.COLOR_BGR2RGB)

@@ -20,14 +20,6 @@ from storefactory import write_store
 IMAGES = ("hr", "lr", "lr_occluded", "parsing", "occlusion_mask")
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> str:
-    from proui_data.cli import main
-
-    out = str(tmp_path_factory.mktemp("demo") / "demo.zarr")
-    r = CliRunner().invoke(main, ["build", "--source", "demo", "--out", out, "--workers", "0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return out
 
 
 @pytest.fixture(scope="module")

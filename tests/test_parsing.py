@@ -1,7 +1,6 @@
 """Parsing maps in the 11 Helen classes: from Helen label files, CelebAMask-HQ maps and landmarks."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -209,14 +208,6 @@ def test_celebamask_source_shape(shared_data):
         parsing_from_celebamask(np.full((8, 8), 19, np.uint8), WHOLE_512)
 
 
-@pytest.fixture(scope="module")
-def dlib_models():
-    dlib = pytest.importorskip("dlib")
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None:
-        pytest.skip("face_recognition_models (dlib weights) not installed")
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
 
 
 def test_landmark_parsing_agrees_with_celebamask(shared_data, dlib_models):
@@ -228,7 +219,7 @@ def test_landmark_parsing_agrees_with_celebamask(shared_data, dlib_models):
     The thresholds sit below the measurements with room for dlib/OpenCV version drift, yet well above what a
     wrong class order, a left/right swap or a misplaced crop give (< 0.4).
     """
-    detector, predictor = dlib_models
+    _, detector, predictor = dlib_models
     per_image = []
     for n in range(4):
         image = cv2.imread(str(shared_data / f"celebamask_hq/{n}.jpg"))

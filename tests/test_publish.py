@@ -37,14 +37,6 @@ def synthetic_store(tmp_path_factory) -> str:
     return finish(write_store(tmp_path_factory.mktemp("synthetic") / "s.zarr"))
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> str:
-    from proui_data.cli import main
-
-    out = str(tmp_path_factory.mktemp("demo") / "demo.zarr")
-    r = CliRunner().invoke(main, ["build", "--source", "demo", "--out", out, "--workers", "0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return out
 
 
 def front_matter(path: Path) -> dict:

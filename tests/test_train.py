@@ -11,10 +11,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from proui_data.pipeline import plan_build
-from proui_data.recipe import load_recipe
-from proui_data.runner import run_plan
-from proui_data.sources import get_source
 from proui_train import train as train_mod
 from proui_train.checkpoint import load_checkpoint, save_checkpoint
 from proui_train.cli import main as cli
@@ -23,11 +19,6 @@ from proui_train.config import ConfigError, load_config
 from fixtures import demo_photo, write_jpeg
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("store") / "demo.zarr"
-    run_plan(plan_build(get_source("demo"), load_recipe(None, "demo"), str(out)), workers=0, progress=False)
-    return str(out)
 
 
 def small_config(store: str, run_dir: Path, steps: int, **kw):
