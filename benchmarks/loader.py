@@ -212,7 +212,6 @@ def _wds_to_torch(batch: dict) -> dict:
 
 
 def build_loader(kind: str, workdir: Path, n: int, batch_size: int, workers: int):
-    import torch
     from torch.utils.data import DataLoader
 
     if kind in ("ours", "ours-noheat"):
