@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
+    # distributed logs cluster start/stop at INFO through its own handler: keep the build's output readable.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler:
         with Client(scheduler) as client:
             yield client
