@@ -1,0 +1,108 @@
+"""Builds on a real Dask cluster started by the test (scheduler + worker processes on 127.0.0.1 only)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from proui_data import store
+from proui_data.cli import main as cli
+from proui_data.verify import verify_store
+
+from fixtures import make_celeba_root
+from test_build import assert_same_store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster():
+    """A `dask scheduler` and two single-thread `dask worker` processes; yields (address, worker processes)."""
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                 "--host", "127.0.0.1", "--no-dashboard", "--no-nanny"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    procs += workers
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as c:
+                    c.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address, workers
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def _build_args(root, out, recipe, *extra):
+    return ["build", "--source", "celeba", "--root", str(root), "--recipe", str(recipe), "--out", str(out),
+            "--no-progress", *extra]
+
+
+def test_cluster_build_equals_local_build_and_survives_a_killed_worker(cluster, tmp_path):
+    address, workers = cluster
+    make_celeba_root(tmp_path / "celeba", n=40, with_landmarks=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[store]\nshard_size = 2\nchunk_size = 2\n[detect]\nupsample = 1\n')
+    local = tmp_path / "local.zarr"
+    r = CliRunner().invoke(cli, _build_args(tmp_path / "celeba", local, recipe, "--workers", "0"))
+    assert r.exit_code == 0, r.output
+
+    # a whole build on the cluster
+    remote = tmp_path / "cluster.zarr"
+    r = CliRunner().invoke(cli, _build_args(tmp_path / "celeba", remote, recipe, "--scheduler", address))
+    assert r.exit_code == 0, r.output
+    assert_same_store(local, remote)
+
+    # again, with one worker SIGKILLed once a few shards are done: the scheduler reruns its tasks elsewhere
+    killed = tmp_path / "killed.zarr"
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=CliRunner().invoke(
+        cli, _build_args(tmp_path / "celeba", killed, recipe, "--scheduler", address))))
+    t.start()
+    done = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and t.is_alive():
+        try:
+            g = zarr.open_group(str(killed), mode="r")
+            done = sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
+        except Exception:  # noqa: BLE001 - not created yet
+            done = 0
+        if done >= 3:
+            os.kill(workers[0].pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    t.join(timeout=300)
+    total = 40 // 2
+    assert 3 <= done < total, f"kill landed at {done} of {total} shards"
+    assert workers[0].wait(timeout=10) == -signal.SIGKILL
+    assert result["r"].exit_code == 0, result["r"].output
+    assert verify_store(str(killed))[0] == []
+    assert_same_store(local, killed)
