@@ -149,3 +149,33 @@ def test_s3_store_build_verify_and_load(s3, tmp_path):
     rows = list(ds)
     assert sorted(int(x["index"]) for x in rows) == list(range(4))
     np.testing.assert_array_equal(rows[0]["hr"].numpy(), a["train"]["hr"][int(rows[0]["index"])])
+
+
+def test_driver_killed_on_a_cluster_then_rerun(cluster, tmp_path):
+    address, _ = cluster
+    make_celeba_root(tmp_path / "celeba", n=40, with_landmarks=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[store]\nshard_size = 2\nchunk_size = 2\n[detect]\nupsample = 1\n')
+    local = tmp_path / "local.zarr"
+    assert CliRunner().invoke(cli, _build_args(tmp_path / "celeba", local, recipe, "--workers", "0")).exit_code == 0
+    out = tmp_path / "cluster.zarr"
+    cmd = [sys.executable, "-m", "proui_data.cli", *_build_args(tmp_path / "celeba", out, recipe, "--scheduler", address)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done, deadline = 0, time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        try:
+            g = zarr.open_group(str(out), mode="r")
+            done = sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
+        except Exception:  # noqa: BLE001 - not created yet
+            done = 0
+        if done >= 3:
+            driver.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert driver.wait(timeout=30) == -signal.SIGKILL, "the build finished before the driver could be killed"
+    time.sleep(1.0)  # tasks already on the workers may still finish their shards: that is allowed
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "already finished" in rerun.stdout
+    assert verify_store(str(out))[0] == []
+    assert_same_store(local, out)
