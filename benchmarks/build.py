@@ -64,9 +64,34 @@ def cluster_startup(workers: int) -> float:
         return time.perf_counter() - t0
 
 
+def s3_build(source, recipe, n: int, startup: float) -> float | None:
+    """samples/s of the same build into s3://bench/… on a moto server on 127.0.0.1 (None without moto/s3fs)."""
+    try:
+        import s3fs
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        print("S3 comparison skipped: install the test extra (s3fs, moto[server])")
+        return None
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    try:
+        s3fs.S3FileSystem().mkdir("bench")
+        plan = plan_build(source, recipe, "s3://bench/build.zarr", "train", limit=n)
+        t0 = time.perf_counter()
+        run_plan(plan, workers=2, progress=False)
+        return n / max(time.perf_counter() - t0 - startup, 1e-9)
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--scaling", action="store_true",
+                    help="also: 1 vs 2 workers scaling ratio, and local disk vs S3 on a loopback moto server")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
     args = ap.parse_args()
     if not Path(args.root).is_dir():
@@ -95,6 +120,14 @@ def main() -> None:
         print(f"{'run':28s} {'samples/s':>10s} {'x loop':>8s} {'bytes/sample':>13s}")
         for name, sps, bps in rows:
             print(f"{name:28s} {sps:10.1f} {sps / base:8.2f} {bps:13,.0f}")
+        if args.scaling:
+            w1 = rows[2][1]
+            w2 = rows[4][1]
+            print(f"scaling 2 workers / 1 worker (start-up excluded): {w2 / w1:.2f}x")
+            s3_rate = s3_build(source, recipe, args.n, startup[2])
+            if s3_rate:
+                print(f"S3 on loopback (moto), 2 workers, less start-up: {s3_rate:.1f} samples/s "
+                      f"= {s3_rate / w2:.2f}x local disk")
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"peak RSS: driver {self_rss:.0f} MiB, largest worker process {child_rss:.0f} MiB")

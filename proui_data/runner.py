@@ -49,8 +49,10 @@ def run_plan(plan: Plan, workers: int = 1, scheduler: str | None = None, progres
         from distributed import as_completed
 
         with dask_client(workers, scheduler) as client:
-            if client.dashboard_link and scheduler:
-                log.info("dashboard: %s", client.dashboard_link)
+            if scheduler:
+                link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+                print(f"scheduler {scheduler}: {len(client.scheduler_info()['workers'])} workers; "
+                      f"dashboard {link or 'not available (install bokeh on the scheduler)'}", flush=True)
             futures = [client.submit(build_shard, *args(s, k), key=f"proui-{plan.fingerprint}-{s}-{k}",
                                      pure=False, retries=retries) for s, k in plan.todo]
             for fut in as_completed(futures):
