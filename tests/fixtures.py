@@ -102,3 +102,30 @@ def make_helen_root(root: Path, n_train: int = 4, n_test: int = 2, labels: bool 
                         cv2.fillPoly(layer, [np.round(lm[:17]).astype(np.int32)], 255)
                     cv2.imwrite(str(d / f"{name}_lbl{c:02d}.png"), layer)
     return truth
+
+
+def finished_shards(url) -> int:
+    """Shards marked finished in a store being built (0 while it is still being created)."""
+    import zarr
+
+    from proui_data import store
+
+    try:
+        g = zarr.open_group(str(url), mode="r")
+        return sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
+    except Exception:  # noqa: BLE001 - the store is still being created
+        return 0
+
+
+def kill_when_finished(url, n: int, alive, kill, timeout: float = 120.0) -> int:
+    """Poll the store; once `n` shards are finished call `kill()`. Returns the count seen at the kill."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive():
+        done = finished_shards(url)
+        if done >= n:
+            kill()
+            return done
+        time.sleep(0.02)
+    return finished_shards(url)

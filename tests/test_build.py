@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from proui_data.runner import run_plan
 from proui_data.sources import get_source
 from proui_data.verify import verify_store
 
-from fixtures import CELEBA_ATTRS, make_celeba_root, make_helen_root, demo_photo, write_jpeg
+from fixtures import CELEBA_ATTRS, demo_photo, kill_when_finished, make_celeba_root, make_helen_root, write_jpeg
 
 
 def build(source: str, out: Path, root: Path | None = None, workers: int = 0, **kw):
@@ -226,18 +225,7 @@ def test_resume_after_sigkill_gives_the_same_store(tmp_path):
     subprocess.run(cmd + ["--out", str(tmp_path / "clean.zarr")], check=True, capture_output=True)
     out = tmp_path / "killed.zarr"
     proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done_at_kill = 0
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            g = zarr.open_group(str(out), mode="r")
-            done_at_kill = sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
-        except Exception:  # noqa: BLE001 - the store is still being created
-            done_at_kill = 0
-        if done_at_kill >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    kill_when_finished(out, 3, lambda: proc.poll() is None, lambda: os.kill(proc.pid, signal.SIGKILL))
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
     g = zarr.open_group(str(out), mode="r")

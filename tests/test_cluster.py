@@ -17,7 +17,7 @@ from proui_data import store
 from proui_data.cli import main as cli
 from proui_data.verify import verify_store
 
-from fixtures import make_celeba_root
+from fixtures import kill_when_finished, make_celeba_root
 from test_build import assert_same_store
 
 
@@ -87,18 +87,7 @@ def test_cluster_build_equals_local_build_and_survives_a_killed_worker(cluster, 
     t = threading.Thread(target=lambda: result.update(r=CliRunner().invoke(
         cli, _build_args(tmp_path / "celeba", killed, recipe, "--scheduler", address))))
     t.start()
-    done = 0
-    deadline = time.time() + 120
-    while time.time() < deadline and t.is_alive():
-        try:
-            g = zarr.open_group(str(killed), mode="r")
-            done = sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
-        except Exception:  # noqa: BLE001 - not created yet
-            done = 0
-        if done >= 3:
-            os.kill(workers[0].pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    done = kill_when_finished(killed, 3, t.is_alive, lambda: os.kill(workers[0].pid, signal.SIGKILL))
     t.join(timeout=300)
     total = 40 // 2
     assert 3 <= done < total, f"kill landed at {done} of {total} shards"
@@ -161,17 +150,7 @@ def test_driver_killed_on_a_cluster_then_rerun(cluster, tmp_path):
     out = tmp_path / "cluster.zarr"
     cmd = [sys.executable, "-m", "proui_data.cli", *_build_args(tmp_path / "celeba", out, recipe, "--scheduler", address)]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done, deadline = 0, time.time() + 120
-    while time.time() < deadline and driver.poll() is None:
-        try:
-            g = zarr.open_group(str(out), mode="r")
-            done = sum(int(store.finished_shards(g[s]).sum()) for s in store.splits_of(g))
-        except Exception:  # noqa: BLE001 - not created yet
-            done = 0
-        if done >= 3:
-            driver.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    kill_when_finished(out, 3, lambda: driver.poll() is None, lambda: driver.send_signal(signal.SIGKILL))
     assert driver.wait(timeout=30) == -signal.SIGKILL, "the build finished before the driver could be killed"
     time.sleep(1.0)  # tasks already on the workers may still finish their shards: that is allowed
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
