@@ -16,6 +16,30 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
+def _storage_options(ctx, param, value: str | None) -> dict | None:
+    """--storage-options: a JSON object, or @FILE holding one (keeps credentials off the command line)."""
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        options = json.loads(text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"not a JSON object or @file holding one: {e}") from e
+    if not isinstance(options, dict):
+        raise click.BadParameter(f"must be a JSON object, got {type(options).__name__}")
+    return options
+
+
+storage_options_option = click.option(
+    "--storage-options", callback=_storage_options, metavar="JSON|@FILE",
+    help='fsspec options for a store URL, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'.')
+
+
+def _check_storage_options(url: str, options: dict | None) -> None:
+    if options is not None and "://" not in url:
+        _fail(f"--storage-options applies to fsspec URLs (s3://, gcs://, ...), not the local path {url}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="proui-data")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -35,25 +59,36 @@ def main(verbose: bool) -> None:
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Dask LocalCluster worker processes (0: run in this process).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:PORT) instead of --workers.")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="Reruns of a shard task that raised (a worker that dies is handled by the scheduler).")
+@storage_options_option
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--occlusion-seed", type=int, help="Override the recipe's occlusion seed (new masks, same faces).")
 @click.option("--occluders", type=click.Path(exists=True, file_okay=False),
               help="Folder of RGBA occluder PNGs (glasses, masks, caps; MaskTheFace masks.cfg understood).")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, seed, occlusion_seed,
-          occluders, overwrite, no_progress):
+def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, retries, storage_options,
+          seed, occlusion_seed, occluders, overwrite, no_progress):
     """Build a store from a source. Rerunning the same command resumes a killed build."""
     from .pipeline import StoreMismatch, plan_build, summarize
     from .recipe import RecipeError, load_recipe, parse_recipe
-    from .runner import run_plan
+    from .runner import ClusterError, ShardsFailed, check_url_for_cluster, run_plan
     from .sources import SourceError, get_source
 
     if limit is not None and limit < 1:
         _fail("--limit must be >= 1")
     if workers < 0:
         _fail("--workers must be >= 0")
+    if retries < 0:
+        _fail("--retries must be >= 0")
+    _check_storage_options(out, storage_options)
+    # Workers may run elsewhere, in another working directory: give them absolute paths.
+    root = str(Path(root).resolve()) if root else root
+    out = out if "://" in out else str(Path(out).resolve())
     try:
+        if scheduler or workers > 0:
+            check_url_for_cluster(out)
         recipe = load_recipe(recipe_path, source_name)
         if seed is not None:
             recipe = recipe.replace(seed=seed)
@@ -63,7 +98,7 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
             recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
             recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")
         source = get_source(source_name, root, hf_name)
-        plan = plan_build(source, recipe, out, split, limit, overwrite)
+        plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options)
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))
     n = sum(len(v) for v in plan.splits.values())
@@ -72,8 +107,13 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     unassigned = plan.source.describe().get("unassigned_images")
     if unassigned:
         click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
-    run = run_plan(plan, workers=workers, scheduler=scheduler, progress=not no_progress)
-    totals = summarize(out)
+    try:
+        run = run_plan(plan, workers=workers, scheduler=scheduler, progress=not no_progress,
+                       storage_options=storage_options, retries=retries)
+    except (ClusterError, ShardsFailed) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    totals = summarize(out, storage_options)
     click.echo(f"wrote {run['samples']} samples ({run['valid']} valid) in {run['shards_written']} shards, "
                f"{run['seconds']:.1f} s, {run['samples_per_s']:.1f} samples/s; skipped {run['shards_skipped']} "
                "finished shards")
@@ -85,16 +125,17 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
 @main.command()
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(store_url, as_json):
+@storage_options_option
+def info(store_url, as_json, storage_options):
     """Schema, counts, reject reasons and recipe of a store."""
     from . import store as st
     from .pipeline import summarize
 
     try:
-        root = st.open_root(store_url, mode="r")
+        root = st.open_root(store_url, mode="r", storage_options=storage_options)
     except Exception as e:  # noqa: BLE001
         _fail(f"cannot open {store_url}: {e}")
-    counts = summarize(store_url)
+    counts = summarize(store_url, storage_options)
     schema = {}
     for s in st.splits_of(root):
         g = root[s]
@@ -123,11 +164,13 @@ def info(store_url, as_json):
 
 @main.command()
 @click.argument("store_url")
-def verify(store_url):
+@storage_options_option
+def verify(store_url, storage_options):
     """Read every shard and check shapes, value ranges and landmarks; exit 1 on damage."""
     from .verify import verify_store
 
-    problems, counts = verify_store(store_url)
+    _check_storage_options(store_url, storage_options)
+    problems, counts = verify_store(store_url, storage_options)
     for s, c in counts.items():
         click.echo(f"{s}: {c['valid']}/{c['samples']} valid")
     if problems:
@@ -143,12 +186,13 @@ def verify(store_url):
 @click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
 @click.option("--n", default=64, show_default=True, help="Number of samples.")
 @click.option("--split", help="Split to show (default: the first).")
-def preview(store_url, out, n, split):
+@storage_options_option
+def preview(store_url, out, n, split, storage_options):
     """Write a PNG grid of HR / LR / landmarks (and priors and occlusions when present)."""
     from .preview import write_preview
 
     try:
-        w, h = write_preview(store_url, out, n, split)
+        w, h = write_preview(store_url, out, n, split, storage_options)
     except (ValueError, OSError, KeyError) as e:
         _fail(str(e))
     click.echo(f"wrote {out} ({w}x{h})")
