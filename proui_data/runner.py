@@ -87,10 +87,11 @@ def dask_client(workers: int, scheduler: str | None, connect_timeout: float = 30
 def dashboard(client: Any) -> str:
     """The scheduler's dashboard link, or why there is none."""
 
-    def bokeh_dashboard_running(dask_scheduler=None) -> bool:  # nested: pickled by value, so the
-        import sys                                               # scheduler needs no proui installed
+    def bokeh_dashboard_running(dask_scheduler=None) -> bool:
+        # Nested, so pickled by value: the scheduler needs no proui installed. distributed imports this module
+        # only when it starts the bokeh dashboard (bokeh installed, no --no-dashboard).
+        import sys
 
-        # imported by the scheduler only when it started the bokeh dashboard (bokeh installed, not --no-dashboard)
         return "distributed.dashboard.scheduler" in sys.modules
 
     if "dashboard" not in client.scheduler_info().get("services", {}):
