@@ -214,12 +214,13 @@ def _wds_to_torch(batch: dict) -> dict:
 def build_loader(kind: str, workdir: Path, n: int, batch_size: int, workers: int):
     from torch.utils.data import DataLoader
 
-    if kind in ("ours", "ours-noheat"):
+    if kind in ("ours", "ours-views", "ours-noheat"):
         from proui_train.data import StoreDataset, make_loader
 
-        arrays = ARRAYS if kind == "ours" else tuple(a for a in ARRAYS if a != "heatmaps")
+        arrays = ARRAYS if kind != "ours-noheat" else tuple(a for a in ARRAYS if a != "heatmaps")
         dataset = StoreDataset(workdir / "store.zarr", arrays=arrays, seed=0)
-        return make_loader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=False)
+        return make_loader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=False,
+                           reuse_batches=kind == "ours-views")
     common = {"num_workers": workers, "persistent_workers": workers > 0}
     if kind == "png":
         return DataLoader(PngFolder(str(workdir / "png"), n), batch_size=batch_size, shuffle=True, **common)
@@ -251,6 +252,7 @@ def measure(kind: str, workdir: Path, n: int, batch_size: int, workers: int, min
     startup = time.perf_counter() - start
     if warm < n * 0.9:
         raise RuntimeError(f"{kind}: one epoch gave {warm} samples, expected ~{n}")
+    cpu_before = _tree_cpu_seconds()
     samples, epochs, start = 0, 0, time.perf_counter()
     while epochs < 1 or (time.perf_counter() - start < min_seconds and epochs < 5):
         if hasattr(loader, "set_epoch"):
@@ -261,6 +263,7 @@ def measure(kind: str, workdir: Path, n: int, batch_size: int, workers: int, min
             samples += len(batch["hr"])
         epochs += 1
     elapsed = time.perf_counter() - start
+    cpu = _tree_cpu_seconds() - cpu_before
     del loader  # ends persistent workers so their peak RSS counts in RUSAGE_CHILDREN
     import gc
 
@@ -268,7 +271,23 @@ def measure(kind: str, workdir: Path, n: int, batch_size: int, workers: int, min
     time.sleep(0.5)
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"samples_per_s": samples / elapsed, "epochs": epochs, "first_epoch_s": startup,
+            "cpu_us_per_sample": cpu / samples * 1e6, "cores_busy": cpu / elapsed,
             "peak_rss_main_mib": kib[0] / 1024, "peak_rss_worker_mib": kib[1] / 1024}
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live children: the loader's workers."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def main() -> None:
@@ -279,6 +298,8 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--keep", action="store_true", help="reuse the written formats if present")
     parser.add_argument("--rounds", type=int, default=2, help="measure each loader this often, keep the best")
+    parser.add_argument("--only", help="comma-separated loader kinds to run (ours, ours-views, ours-noheat, png, "
+                        "hf, hf-np, wds); default all")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -302,12 +323,15 @@ def main() -> None:
     sizes = {label: du(args.workdir / sub) for label, sub in formats.items()}
 
     runs = [("ours", 0, "zarr (ours)"), ("ours", 1, "zarr (ours)"), ("ours", 2, "zarr (ours)"),
-            ("ours-noheat", 2, "zarr (ours)"), ("png", 2, "PNG + npy"),
+            ("ours-views", 2, "zarr (ours)"), ("ours-noheat", 2, "zarr (ours)"), ("png", 2, "PNG + npy"),
             ("hf", 2, "HF datasets"), ("hf-np", 2, "HF datasets")]
     if "WebDataset" in formats:
         runs.append(("wds", 2, "WebDataset"))
-    names = {"ours": "zarr + StoreDataset", "ours-noheat": "ours, no heatmaps", "png": "PNG+npy folder, cv2",
-             "hf": "HF datasets, torch fmt", "hf-np": "HF datasets, numpy fmt", "wds": "WebDataset, npy"}
+    if args.only:
+        runs = [run for run in runs if run[0] in args.only.split(",")]
+    names = {"ours": "zarr + StoreDataset", "ours-views": "ours, ring views", "ours-noheat": "ours, no heatmaps",
+             "png": "PNG+npy folder, cv2", "hf": "HF datasets, torch fmt", "hf-np": "HF datasets, numpy fmt",
+             "wds": "WebDataset, npy"}
     results: dict[tuple[str, int], tuple[str, dict]] = {}
     for round_ in range(args.rounds):  # rounds interleave the loaders, so load from other processes hits all
         for kind, workers, label in runs:
@@ -327,14 +351,16 @@ def main() -> None:
     ours = results.get(("ours", 2), (None, {}))[1].get("samples_per_s")
     print(f"\nN={args.n} 128x128 samples, batch {args.batch_size}, arrays: {', '.join(ARRAYS)}; "
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS=1\n")
-    header = (f"{'loader':<24}{'workers':>8}{'samples/s':>11}{'ours(2w)/x':>11}{'1st epoch s':>12}"
+    header = (f"{'loader':<24}{'workers':>8}{'samples/s':>11}{'ours(2w)/x':>11}{'CPU us/smp':>11}{'cores':>6}"
+              f"{'1st epoch s':>12}"
               f"{'disk MiB':>10}{'write s':>9}{'RSS main MiB':>13}{'RSS worker MiB':>15}")
     print(header)
     print("-" * len(header))
     for (kind, workers), (label, r) in results.items():
         # the no-heatmaps row reads less than the others: informational, no ratio
-        ratio = f"{ours / r['samples_per_s']:.2f}" if ours and kind != "ours-noheat" else "-"
-        print(f"{names[kind]:<24}{workers:>8}{r['samples_per_s']:>11,.0f}{ratio:>11}{r['first_epoch_s']:>12.2f}"
+        ratio = f"{ours / r['samples_per_s']:.2f}" if ours and kind not in ("ours-noheat", "ours-views") else "-"
+        print(f"{names[kind]:<24}{workers:>8}{r['samples_per_s']:>11,.0f}{ratio:>11}"
+              f"{r['cpu_us_per_sample']:>11.0f}{r['cores_busy']:>6.2f}{r['first_epoch_s']:>12.2f}"
               f"{sizes[label] / 2**20:>10.0f}{write_s.get(label, float('nan')):>9.1f}"
               f"{r['peak_rss_main_mib']:>13.0f}{r['peak_rss_worker_mib']:>15.0f}")
     if ours:

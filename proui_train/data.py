@@ -58,6 +58,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ class StoreDataset(IterableDataset):
         self.samples_per_rank = int(self.valid.sum()) // world_size
 
         self._control = torch.tensor([0, -1, 0, 0], dtype=torch.int64).share_memory_()
+        self._ring: BatchRing | None = None  # set by make_loader for DataLoader workers
         self._count = _Counter()
 
     # ----- store access (lazy, per process) -----
@@ -390,15 +392,17 @@ class StoreDataset(IterableDataset):
         role = (worker + batches_done) % num_workers  # continue the round robin where it stopped
         segments = self._role_segments(epoch, num_workers)[role]
         seg, rows = self._role_order(epoch, role, segments)
-        items = self._emit(segments, seg, rows, positions[role], block)
+        items = self._emit(segments, seg, rows, positions[role], block, worker)
         # in a DataLoader worker the DataLoader overlaps loading with the consumer; in-process a thread does
         return items if get_worker_info() is not None else _in_background(items, depth=2)
 
     def _emit(self, segments: list[Segment], seg: np.ndarray, rows: np.ndarray, start: int,
-              block: int) -> Iterator[Batch]:
+              block: int, worker: int = 0) -> Iterator[Batch]:
         """Read the segments the order still needs (one ahead) and yield items from position `start` on."""
         if start >= len(rows):
             return
+        ring = getattr(self, "_ring", None) if get_worker_info() is not None else None
+        generation = ring.current_generation() if ring is not None else 0
         seg, rows = seg[start:], rows[start:]
         first_use: dict[int, int] = {}
         last_use: dict[int, int] = {}
@@ -432,6 +436,8 @@ class StoreDataset(IterableDataset):
                     data, offset = locations[0]
                     item = {name: _to_torch(data[name][offset]) for name in self.arrays}
                     item["index"] = torch.tensor(int(rows[t]), dtype=torch.int64)
+                elif ring is not None:
+                    item = ring.write(worker, generation, self._specs, locations, rows[t:stop])
                 else:
                     item = self._batch(locations, rows[t:stop])
                 for s in needed:
@@ -655,15 +661,155 @@ class _Counter:
         return {"seed": dataset.seed, "epoch": epoch, "samples_seen": seen, **dataset.layout(num_workers)}
 
 
-class StoreLoader(DataLoader):
-    """A DataLoader over a batching StoreDataset that keeps the resume state of what it handed out."""
+class BatchRing:
+    """Shared-memory batch slots that DataLoader workers write batches into; only slot numbers cross processes.
 
-    def __init__(self, dataset: StoreDataset, **kwargs: Any) -> None:
+    torch hands each batch a worker yields to the main process in fresh shared memory: the worker allocates
+    and page-faults it, copies the batch in, sends a file descriptor per tensor, and the main process maps
+    it again. For 23 MB batches (all six arrays at batch 64) that costs more CPU than reading them. The ring
+    is allocated once, by the main process before the workers start (they inherit it when the dataset is
+    sent to them): `depth` slots per worker, each holding one batch of every numeric array plus `index`.
+    A worker writes a batch into a free slot of its own and yields only (worker, slot, generation, rows);
+    the main process views the slot and frees it once the batch is copied out (see `StoreLoader`).
+
+    A slot's stamp is the iteration generation that filled it (0: free). Each new iteration bumps the
+    generation, so slots filled for batches the DataLoader discarded (an epoch left early) count as free.
+    """
+
+    def __init__(self, specs: dict[str, tuple[tuple[int, ...], np.dtype]], batch_size: int, num_workers: int,
+                 depth: int) -> None:
+        self.batch_size, self.num_workers, self.depth = batch_size, num_workers, depth
+        self.layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+        offset = 0
+        for name, (shape, dtype) in [*specs.items(), ("index", ((), np.dtype(np.int64)))]:
+            if _is_string(dtype):
+                continue  # strings travel with the slot number
+            self.layout[name] = (offset, shape, np.dtype(dtype))
+            nbytes = batch_size * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            offset += -(-nbytes // 64) * 64  # cache-line aligned arrays
+        self.slot_bytes = offset
+        self.memory = torch.empty(num_workers * depth * offset, dtype=torch.uint8).share_memory_()
+        self.stamps = torch.zeros((num_workers, depth), dtype=torch.int64).share_memory_()
+        self.generation = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._views: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_views"] = {}  # numpy views are rebuilt in each process
+        return state
+
+    def views(self, worker: int, slot: int) -> dict[str, np.ndarray]:
+        """Numpy views (batch_size, ...) of one slot's arrays, made once per process."""
+        views = self._views.get((worker, slot))
+        if views is None:
+            base = (worker * self.depth + slot) * self.slot_bytes
+            flat = self.memory.numpy()
+            views = {}
+            for name, (offset, shape, dtype) in self.layout.items():
+                nbytes = self.batch_size * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                views[name] = flat[base + offset:base + offset + nbytes].view(dtype).reshape(
+                    (self.batch_size,) + shape)
+            self._views[(worker, slot)] = views
+        return views
+
+    # ----- main process -----
+
+    def next_generation(self) -> None:
+        self.generation += 1
+
+    def current_generation(self) -> int:
+        return int(self.generation[0])
+
+    def release(self, worker: int, slot: int, generation: int) -> None:
+        # a slot of an earlier generation is already free, and may have been refilled since
+        if generation == self.current_generation():
+            self.stamps[worker, slot] = 0
+
+    def batch(self, message: Batch) -> Batch:
+        """The batch a worker's message points at, as tensors viewing the slot."""
+        worker, slot, _ = message["_ring"]
+        n = message["_rows"]
+        out: Batch = {name: torch.from_numpy(view[:n]) for name, view in self.views(worker, slot).items()}
+        out.update({k: v for k, v in message.items() if not k.startswith("_")})  # string arrays
+        return out
+
+    # ----- worker -----
+
+    def _acquire(self, worker: int, generation: int) -> int:
+        parent, waited = os.getppid(), 0.0
+        while True:
+            stamps = self.stamps[worker].tolist()
+            for slot, stamp in enumerate(stamps):
+                if stamp < generation:  # 0 (released) or left over from an earlier iteration
+                    self.stamps[worker, slot] = generation
+                    return slot
+            time.sleep(0.0005)
+            waited += 0.0005
+            if waited > 1.0:  # the main process holds every slot: make sure it still exists
+                if os.getppid() != parent:
+                    raise RuntimeError("the main process of this DataLoader worker is gone")
+                waited = 0.0
+
+    def write(self, worker: int, generation: int, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+              locations: list[tuple[dict[str, np.ndarray], int]], rows: np.ndarray) -> Batch:
+        """Copy one batch into a free slot of `worker` (waiting for one) and return the message naming it."""
+        slot = self._acquire(worker, generation)
+        views = self.views(worker, slot)
+        message: Batch = {"_ring": (worker, slot, generation), "_rows": len(rows)}
+        for name in specs:
+            if name not in views:
+                message[name] = [str(data[name][offset]) for data, offset in locations]
+                continue
+            block = views[name]
+            for i, (data, offset) in enumerate(locations):  # one copy per row, straight from the shard
+                block[i] = data[name][offset]
+        views["index"][:len(rows)] = rows
+        return message
+
+
+class StoreLoader(DataLoader):
+    """A DataLoader over a batching StoreDataset that keeps the resume state of what it handed out.
+
+    With workers, batches come through the dataset's `BatchRing`: each is copied out of its slot (into
+    pinned memory when `pin_memory`), so batches can be kept like any DataLoader's. With
+    `reuse_batches=True` the batch tensors view the slot instead (no copy) and stay valid only until the
+    next batch is requested: for consumers that move each batch on at once (to the GPU, into a model).
+    """
+
+    def __init__(self, dataset: StoreDataset, reuse_batches: bool = False, **kwargs: Any) -> None:
+        self.pin_batches = (bool(kwargs.get("pin_memory")) and dataset._ring is not None
+                            and torch.cuda.is_available())
+        if dataset._ring is not None:
+            kwargs["pin_memory"] = False  # the messages hold no tensors; pinning happens when unpacking
         super().__init__(dataset, batch_size=None, **kwargs)
+        self.reuse_batches = reuse_batches
         self._count = _Counter()
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._count.wrap(self.dataset, super().__iter__())
+        ring = self.dataset._ring
+        if ring is None or self.num_workers == 0:
+            return self._count.wrap(self.dataset, super().__iter__())
+        ring.next_generation()  # before the workers (re)start: what they filled before is now free
+        return self._count.wrap(self.dataset, self._unpack(ring, super().__iter__()))
+
+    def _unpack(self, ring: BatchRing, messages: Iterator[Batch]) -> Iterator[Batch]:
+        held = None
+        try:
+            for message in messages:
+                if held is not None:
+                    ring.release(*held)
+                    held = None
+                batch = ring.batch(message)
+                if self.reuse_batches and not self.pin_batches:
+                    held = message["_ring"]
+                else:
+                    copy = (lambda t: t.pin_memory()) if self.pin_batches else (lambda t: t.clone())
+                    batch = {k: copy(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    ring.release(*message["_ring"])
+                yield batch
+        finally:
+            if held is not None:
+                ring.release(*held)
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -684,14 +830,15 @@ def make_loader(
     prefetch_factor: int = 2,
     pin_memory: bool | None = None,
     persistent_workers: bool = True,
+    reuse_batches: bool = False,
 ) -> StoreLoader:
     """A DataLoader yielding batches of `batch_size` from `dataset` (which is set to batch inside its workers).
 
     Workers start with `spawn` (or `forkserver`; `fork` deadlocks with zarr's I/O thread) and persist across
-    epochs; memory is pinned when CUDA is available. `num_workers=0` streams in-process: shard reads and
-    batch assembly run in background threads (zstd and numpy copies release the GIL) and batches need no
-    inter-process hand-over, which with workers costs more CPU than reading (torch puts every batch in fresh
-    shared memory): on 2 CPUs in-process was the faster choice (benchmarks/loader.py).
+    epochs; memory is pinned when CUDA is available. Workers hand batches over through a `BatchRing`
+    (shared memory allocated once) rather than torch's per-batch shared memory; `reuse_batches` skips the
+    copy out of the ring (see `StoreLoader`). `num_workers=0` streams in-process: shard reads and batch
+    assembly run in background threads (zstd and numpy copies release the GIL).
     """
     if multiprocessing_context not in ("spawn", "forkserver"):
         raise ValueError(f"multiprocessing_context must be 'spawn' or 'forkserver', not "
@@ -704,10 +851,13 @@ def make_loader(
         "num_workers": num_workers,
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
     }
+    dataset._ring = None
     if num_workers > 0:
         kwargs.update(multiprocessing_context=multiprocessing_context, prefetch_factor=prefetch_factor,
                       persistent_workers=persistent_workers)
-    return StoreLoader(dataset, **kwargs)
+        # a worker has at most prefetch_factor batches in flight, and the consumer holds one
+        dataset._ring = BatchRing(dataset._specs, batch_size, num_workers, depth=prefetch_factor + 2)
+    return StoreLoader(dataset, reuse_batches=reuse_batches, **kwargs)
 
 
 def to_model_layout(batch: Batch, conversions: dict[str, str] = CONVERSIONS) -> Batch:

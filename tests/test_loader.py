@@ -16,7 +16,8 @@ import pytest
 import torch
 import zarr
 
-from proui_train.data import DeviceBatcher, StoreDataset, make_loader, shard_decoder, to_model_layout
+from proui_train.data import (BatchRing, DeviceBatcher, StoreDataset, make_loader, shard_decoder,
+                               to_model_layout)
 from storefactory import invalid_rows, write_store
 
 N, SHARD = 300, 32
@@ -385,3 +386,61 @@ def test_spawned_workers_two_ranks_get_disjoint_equal_shares(store):
     assert len(shares[0]) == len(shares[1]) == len(VALID_ROWS) // 2
     assert not set(shares[0]) & set(shares[1])
     assert len(VALID_ROWS) - len(set(shares[0]) | set(shares[1])) == 1
+
+
+def test_batch_ring_slots_generations_and_layout():
+    specs = {"hr": ((4, 4, 3), np.dtype(np.uint8)), "landmarks": ((68, 2), np.dtype(np.float32)),
+             "key": ((), np.dtype("<U10"))}
+    ring = BatchRing(specs, batch_size=5, num_workers=2, depth=3)
+    assert set(ring.layout) == {"hr", "landmarks", "index"}  # strings travel in the message
+    assert all(offset % 64 == 0 for offset, _, _ in ring.layout.values())
+    ring.next_generation()
+    gen = ring.current_generation()
+    data = {"hr": np.arange(10 * 48, dtype=np.uint8).reshape(10, 4, 4, 3),
+            "landmarks": np.arange(10 * 136, dtype=np.float32).reshape(10, 68, 2),
+            "key": np.array([f"k{i}" for i in range(10)])}
+    rows = np.array([7, 2, 9])
+    messages = [ring.write(1, gen, specs, [(data, int(r)) for r in rows], rows + 100) for _ in range(3)]
+    assert [m["_ring"][1] for m in messages] == [0, 1, 2] and ring.stamps[0].tolist() == [0, 0, 0]
+    batch = ring.batch(messages[0])
+    assert batch["hr"].shape == (3, 4, 4, 3) and torch.equal(batch["hr"], torch.from_numpy(data["hr"][rows]))
+    assert torch.equal(batch["landmarks"], torch.from_numpy(data["landmarks"][rows]))
+    assert batch["index"].tolist() == [107, 102, 109] and batch["key"] == ["k7", "k2", "k9"]
+    # released slots are refilled; a full ring frees up when a new iteration starts (abandoned batches)
+    ring.release(*messages[1]["_ring"])
+    assert ring.write(1, gen, specs, [(data, 0)], np.array([0]))["_ring"][1] == 1
+    ring.next_generation()
+    new = ring.write(1, gen + 1, specs, [(data, 0)], np.array([0]))["_ring"]
+    ring.release(*messages[0]["_ring"])  # late release of an old batch must not free the new claim
+    assert int(ring.stamps[new[0], new[1]]) == gen + 1
+
+
+def test_spawned_workers_hand_batches_over_through_the_ring(store):
+    dataset = StoreDataset(store, arrays=("hr", "landmarks", "key"), seed=3)
+    loader = make_loader(dataset, batch_size=16, num_workers=2, prefetch_factor=2)
+    ring = dataset._ring
+    for i, _ in enumerate(loader):  # leave epoch 0 early: the workers' slots hold discarded batches
+        if i == 2:
+            break
+    dataset.set_epoch(1)
+    expected = indices(round_robin(dataset, 2))
+    kept = list(loader)  # the same persistent workers: the abandoned slots must not block them
+    assert indices(kept) == expected
+    for batch in kept:  # copies survive later batches written into the same slots
+        index = batch["index"]
+        assert torch.equal(batch["landmarks"][:, 0, 0].long(), index)
+        assert torch.equal(batch["hr"][:, 0, 0, 0].long(), index % 256)
+        assert batch["key"] == [f"{i:06d}.jpg" for i in index.tolist()]
+    lo, hi = ring.memory.data_ptr(), ring.memory.data_ptr() + ring.memory.numel()
+    assert not lo <= kept[0]["hr"].data_ptr() < hi
+
+    views = make_loader(StoreDataset(store, arrays=("hr", "landmarks"), seed=3), batch_size=16, num_workers=2,
+                        reuse_batches=True)
+    views.set_epoch(1)
+    seen = []
+    for batch in views:  # each batch is checked while it is current
+        assert torch.equal(batch["landmarks"][:, 0, 0].long(), batch["index"])
+        ring_memory = views.dataset._ring.memory
+        assert ring_memory.data_ptr() <= batch["hr"].data_ptr() < ring_memory.data_ptr() + ring_memory.numel()
+        seen += batch["index"].tolist()
+    assert seen == expected
