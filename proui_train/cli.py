@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _fail(msg: str) -> None:
@@ -17,7 +23,10 @@ def _fail(msg: str) -> None:
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool) -> None:
     """Train and evaluate Pro-UIGAN on proui stores."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.INFO
+    if _rank() > 0:
+        level = logging.WARNING  # under torchrun rank 0 tells the story; the others only warn
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "asyncio", "numcodecs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -34,7 +43,7 @@ def main(verbose: bool) -> None:
 @click.option("--set", "sets", multiple=True, help="Any config key: --set optim.lr_g=2e-4 (repeatable).")
 @click.option("--no-progress", is_flag=True)
 def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, sets, no_progress):
-    """Train Pro-UIGAN (single process; use torchrun for DDP)."""
+    """Train Pro-UIGAN: one process, or DDP under `torchrun --nproc-per-node N -m proui_train.cli run`."""
     from .config import ConfigError, load_config
     from .train import TrainingStopped, train
 
@@ -51,7 +60,8 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
         _fail(str(e))
     except (FileNotFoundError, KeyError) as e:
         _fail(f"{type(e).__name__}: {e}")
-    click.echo(json.dumps(result, indent=2))
+    if _rank() == 0:
+        click.echo(json.dumps(result, indent=2))
 
 
 @main.command("eval")

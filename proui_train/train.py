@@ -6,6 +6,7 @@ by rank) and the generator and discriminator are wrapped in DistributedDataParal
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from proui_data.flip import flip_batch_torch
@@ -127,6 +129,24 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
     return getattr(m, "module", m)  # DDP
 
 
+def weights_sha256(*modules: torch.nn.Module) -> str:
+    """Digest of the modules' parameters: the same on every DDP rank unless the replicas drifted apart."""
+    h = hashlib.sha256()
+    for m in modules:
+        for p in m.parameters():
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def all_finite(*losses: torch.Tensor) -> bool:
+    """Whether every loss is finite on every rank: ranks must agree to step or to skip, or DDP's gradient
+    all-reduce waits forever for the rank that skipped."""
+    ok = torch.stack([torch.isfinite(x.detach()).all() for x in losses]).all().float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) in [-1,1] -> 0..255 float, rounded like a saved PNG."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
@@ -140,7 +160,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def validate(generator: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """PSNR/SSIM (Y) on the store's val split, overall and inside/outside the occlusion mask."""
     arrays = ["hr", cfg.data.input] + (["occlusion_mask"] if cfg.data.input == "lr_occluded" else [])
-    ds = StoreDataset(cfg.data.store, cfg.data.val_split, arrays=tuple(arrays), seed=0, shuffle=False)
+    # rank 0 validates alone, on the whole split (not the rank's share torch.distributed would give it)
+    ds = StoreDataset(cfg.data.store, cfg.data.val_split, arrays=tuple(arrays), seed=0, shuffle=False,
+                      rank=0, world_size=1)
     loader = make_loader(ds, batch_size=cfg.data.batch_size, num_workers=0)
     sums: dict[str, float] = {}
     n = 0
@@ -163,19 +185,27 @@ def validate(generator: torch.nn.Module, cfg: TrainConfig, device: torch.device)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train for `cfg.steps` generator steps; returns the final losses and throughput."""
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if ddp:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = torch.distributed.get_rank()
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, device = 0, pick_device(cfg.device)
-    master = rank == 0
-    seed_everything(cfg.seed + rank)
+    """Train for `cfg.steps` generator steps; returns the final losses and throughput.
+
+    Under `torchrun` (WORLD_SIZE > 1) every rank calls this: one process per device (gloo on CPU, nccl on
+    CUDA), torn down again even when training fails."""
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _train(cfg, resume, progress, 0, 1, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, resume, progress, dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int,
+           device: torch.device) -> dict[str, Any]:
+    ddp, master = world > 1, rank == 0
+    seed_everything(cfg.seed)  # every rank starts from the same weights, so its EMA copy does too
     run_dir = Path(cfg.run_dir)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -187,6 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    seed_everything(cfg.seed + rank)  # from here on each rank draws its own random stream
     o = cfg.optim
     opt_g = torch.optim.Adam(generator.parameters(), lr=o.lr_g, betas=o.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=o.lr_d, betas=o.betas)
@@ -199,7 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     # data
     arrays = ("hr", cfg.data.input, "landmarks")
     dataset = StoreDataset(cfg.data.store, cfg.data.train_split, arrays=arrays, seed=cfg.seed, shuffle=True,
-                           shuffle_shards=cfg.data.shuffle_shards)
+                           shuffle_shards=cfg.data.shuffle_shards, rank=rank, world_size=world)
     loader = make_loader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers)
     batcher = DeviceBatcher(loader, device)  # its state counts only batches handed to the loop
 
@@ -215,9 +246,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         opt_g.load_state_dict(ck["opt_g"])
         opt_d.load_state_dict(ck["opt_d"])
         step, epoch, nonfinite = ck["step"], ck["epoch"], ck["nonfinite"]
-        batcher.load_state_dict(ck["loader"])
-        set_rng_state(ck["rng"], device)
-        aug_rng.set_state(ck["aug_rng"].to(torch.uint8).cpu())
+        ranks = ck.get("ranks", [ck])  # each rank's loader position and random streams (older: top level)
+        if len(ranks) != world:
+            raise ValueError(f"{run_dir / 'latest'} was written by {len(ranks)} rank(s); resume it with as many, "
+                             f"not {world}")
+        batcher.load_state_dict(ranks[rank]["loader"])
+        set_rng_state(ranks[rank]["rng"], device)
+        aug_rng.set_state(ranks[rank]["aug_rng"].to(torch.uint8).cpu())
         if master:
             log.info("resumed from %s at step %d (epoch %d)", run_dir / "latest", step, epoch)
     else:
@@ -244,14 +279,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     metrics_file = open(run_dir / "metrics.jsonl", "a") if master else None
 
     def checkpoint() -> None:
-        if not master:
-            return
-        save_checkpoint(run_dir, step, {
-            "generator": _unwrap(generator).state_dict(), "discriminator": _unwrap(discriminator).state_dict(),
-            "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "step": step, "epoch": epoch, "nonfinite": nonfinite, "loader": batcher.state_dict(),
-            "rng": rng_state(device), "aug_rng": aug_rng.get_state(), "config": cfg.to_dict(),
-        }, keep=cfg.keep_checkpoints)
+        """Rank 0 writes the weights and every rank's loader position and random streams (collective)."""
+        mine = {"loader": batcher.state_dict(), "rng": rng_state(device), "aug_rng": aug_rng.get_state(),
+                "weights_sha256": weights_sha256(generator, discriminator)}
+        ranks = [mine]
+        if ddp:
+            ranks = [None] * world if master else None
+            dist.gather_object(mine, ranks, dst=0)
+        if master:
+            if len({r["weights_sha256"] for r in ranks}) > 1:
+                log.error("step %d: the ranks' weights differ (DDP replicas out of sync)", step)
+            save_checkpoint(run_dir, step, {
+                "generator": _unwrap(generator).state_dict(), "discriminator": _unwrap(discriminator).state_dict(),
+                "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "step": step, "epoch": epoch, "nonfinite": nonfinite, "ranks": ranks, "config": cfg.to_dict(),
+            }, keep=cfg.keep_checkpoints)
+        if ddp:
+            dist.barrier()  # no rank runs on (or exits) before the checkpoint is on disk
 
     from tqdm import tqdm
 
@@ -287,7 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 with amp:
                     loss_d = lsgan_discriminator_loss(d_model(hr), d_model(out["final"].detach()))
                 opt_d.zero_grad(set_to_none=True)
-                if torch.isfinite(loss_d):
+                if all_finite(loss_d):
                     loss_d.backward()
                     if o.grad_clip:
                         torch.nn.utils.clip_grad_norm_(discriminator.parameters(), o.grad_clip)
@@ -297,7 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             with amp:
                 d_fake = d_model(out["final"]) if adversarial else None
                 loss_g, terms = generator_loss(out, targets, weights, vgg, d_fake)
-            if not (torch.isfinite(loss_g) and torch.isfinite(loss_d)):
+            if not all_finite(loss_g, loss_d):
                 nonfinite += 1
                 log.warning("step %d: non-finite loss (G %s, D %s); step skipped (%d so far)", step,
                             loss_g.item(), loss_d.item(), nonfinite)
@@ -358,8 +402,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics_file.close()
     if writer:
         writer.close()
-    if ddp:
-        torch.distributed.destroy_process_group()
     return {"step": step, "epoch": epoch, "nonfinite": nonfinite, **last}
 
 
