@@ -894,6 +894,7 @@ class DeviceBatcher:
     On CUDA the copy and conversion of the next batch run on a side stream while the current one is used.
     `augment` is a list of callables `batch -> batch` run on the device after conversion (e.g. a flip).
     Keeps its own resume state: `state_dict()` counts only the batches it handed out, not the one prefetched.
+    Its batches never share memory with the loader's, so it can sit on a loader made with `reuse_batches`.
     """
 
     def __init__(
@@ -931,7 +932,15 @@ class DeviceBatcher:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                      for k, v in batch.items()}
-            return to_model_layout(moved, self.conversions)
+            out = to_model_layout(moved, self.conversions)
+        # a loader with reuse_batches refills the host batch's memory once the next batch is asked for: on the
+        # CPU, where .to() does not copy, whatever no conversion replaced must be copied now
+        for k, v in out.items():
+            host = batch.get(k)
+            if isinstance(v, torch.Tensor) and isinstance(host, torch.Tensor) and v.numel() \
+                    and v.untyped_storage().data_ptr() == host.untyped_storage().data_ptr():
+                out[k] = v.clone()
+        return out
 
     def __iter__(self) -> Iterator[Batch]:
         return self._count.wrap(self.dataset, self._batches())

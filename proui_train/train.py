@@ -231,7 +231,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
     arrays = ("hr", cfg.data.input, "landmarks")
     dataset = StoreDataset(cfg.data.store, cfg.data.train_split, arrays=arrays, seed=cfg.seed, shuffle=True,
                            shuffle_shards=cfg.data.shuffle_shards, rank=rank, world_size=world)
-    loader = make_loader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers)
+    # DeviceBatcher copies each batch before asking for the next, so the loader's slots need no copy of their own
+    loader = make_loader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers,
+                         reuse_batches=True)
     batcher = DeviceBatcher(loader, device)  # its state counts only batches handed to the loop
 
     # Augmentation draws come from their own generator: the DataLoader draws from the global one whenever an

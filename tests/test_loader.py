@@ -444,3 +444,9 @@ def test_spawned_workers_hand_batches_over_through_the_ring(store):
         assert ring_memory.data_ptr() <= batch["hr"].data_ptr() < ring_memory.data_ptr() + ring_memory.numel()
         seen += batch["index"].tolist()
     assert seen == expected
+
+    kept = list(DeviceBatcher(views, "cpu"))  # the batcher copies out of the slots before moving on
+    assert indices(kept) == expected
+    for batch in kept:
+        assert torch.equal(batch["landmarks"][:, 0, 0].long(), batch["index"])
+        assert torch.equal(((batch["hr"][:, 0, 0, 0] + 1) * 127.5).round().long(), batch["index"] % 256)
