@@ -6,26 +6,36 @@ the models; the start-up is shown apart.
     python benchmarks/build.py [--n 1024] [--shard-size 64] [--root ../shared/data/celeba] [--scaling]
 
 --scaling adds the 2-worker / 1-worker ratio and the same 2-worker build into S3 on a moto server on
-127.0.0.1 (its own process; needs s3fs and moto[server], the test extra).
+127.0.0.1 (its own process; needs s3fs and moto[server], the test extra; --no-s3 leaves it out). With it,
+each run also reports the CPU its whole process tree used while timed (the driver, which holds the
+scheduler and the nannies, plus the worker processes), hence cores busy and CPU-ms per sample, split by
+thread (task thread, event loop, zarr's and OpenCV's pools); when each worker began its first shard and how
+busy it stayed; and a machine ceiling: `process_item` on in-memory images, single-threaded, no Dask, no
+writes, in 1 vs 2 spawned processes. Read the scaling ratio against that ceiling: on a machine shared with
+other jobs neither reaches 2x. Every timed run starts warm (models loaded on each task thread).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
+from distributed import get_task_stream
 
 from proui_data.pipeline import fields_for, plan_build, process_item
 from proui_data.recipe import load_recipe
 from proui_data.runner import dask_client, run_plan
-from proui_data.sources import get_source
+from proui_data.sources import Item, Source, get_source
 
 
 def du(path: Path) -> int:
@@ -49,13 +59,21 @@ def plain_loop(source, recipe, items, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _warm() -> int:
-    from proui_data.detect import _dlib_models
+def warm(source, recipe, items) -> int:
+    """Process a few samples on the calling thread: loads the dlib models (the HOG detector is per thread, so
+    on a worker this must run as a task, on its task thread), the lazily imported modules and the occluders."""
+    fields = fields_for(recipe, source)
+    for it in items:
+        process_item(it, source, recipe, fields)
+    return len(items)
 
-    _dlib_models()
-    import proui_data.pipeline  # noqa: F401 - the imports every task needs
 
-    return 1
+def warm_workers(client, source, recipe, items) -> None:
+    """`warm` as one task on each worker (images from memory: the source's tables do not travel)."""
+    mem = MemorySource(source, items)
+    futures = [client.submit(warm, mem, recipe, items, workers=[w], allow_other_workers=False, pure=False)
+               for w in client.nthreads()]
+    client.gather(futures)
 
 
 def timed_build(source, recipe, url: str, n: int, address: str, storage_options: dict | None = None) -> float:
@@ -64,6 +82,161 @@ def timed_build(source, recipe, url: str, n: int, address: str, storage_options:
     plan = plan_build(source, recipe, url, "train", limit=n, storage_options=storage_options)
     run_plan(plan, scheduler=address, progress=False, storage_options=storage_options)
     return time.perf_counter() - t0
+
+
+def proc_cpu(pid: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds (user + system) of process `pid`, all threads including ended ones, and of each live
+    thread."""
+    try:
+        p = psutil.Process(pid)
+        t = p.cpu_times()
+        return t.user + t.system, {th.id: th.user_time + th.system_time for th in p.threads()}
+    except psutil.NoSuchProcess:
+        return 0.0, {}
+
+
+def tree_cpu(pids: dict[str, int]) -> dict[str, tuple[float, dict[int, float]]]:
+    """`proc_cpu` of each named process (the driver and the worker processes)."""
+    return {name: proc_cpu(pid) for name, pid in pids.items()}
+
+
+def thread_names() -> dict[int, str]:
+    """This process's Python threads by native id, their names without the numbering (threads Python did not
+    start, such as OpenCV's pool, are absent)."""
+    import re
+    import threading
+
+    main = threading.main_thread().native_id
+    return {t.native_id: "main" if t.native_id == main else re.sub(r"^\d+-|[-_]?[\d_-]+$", "", t.name)
+            for t in threading.enumerate()}
+
+
+def tree_names(client=None) -> dict[str, dict[int, str]]:
+    """`thread_names` of the driver and of each worker, keyed like `process_pids`."""
+    names = {"driver": thread_names()}
+    workers = client.run(thread_names) if client is not None else {}
+    for i, (_, v) in enumerate(sorted(workers.items())):
+        names[f"worker{i}"] = v
+    return names
+
+
+def process_pids(client=None) -> dict[str, int]:
+    """The processes that work during a build: this one (driver: main thread, plus the scheduler's and
+    nannies' event loop in another thread) and each worker process. Anything else in the tree (the
+    multiprocessing resource tracker) is listed as well so that no CPU goes uncounted."""
+    pids = {"driver": os.getpid()}
+    workers = client.run(os.getpid) if client is not None else {}
+    for i, (_, pid) in enumerate(sorted(workers.items())):
+        pids[f"worker{i}"] = pid
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in pids.values():
+            pids[f"other{child.pid}"] = child.pid
+    return pids
+
+
+def cpu_report(name: str, n: int, wall: float, before: dict, after: dict, names: dict) -> dict:
+    """CPU used between two `tree_cpu` snapshots: total, the driver's share, and per thread kind (`names`,
+    summed over the worker processes; over the driver when there are none), in ms per sample."""
+    per, kinds = {}, Counter()
+    only_driver = not any(p.startswith("worker") for p in after)
+    for proc, (total, threads) in after.items():
+        t0, threads0 = before.get(proc, (0.0, {}))
+        per[proc] = total - t0
+        if proc.startswith("worker") or (proc == "driver" and only_driver):
+            seen = 0.0
+            for tid, t in threads.items():
+                d = t - threads0.get(tid, 0.0)
+                seen += d
+                kinds[names.get(proc, {}).get(tid, "non-Python")] += d
+            kinds["ended threads"] += per[proc] - seen
+    total = sum(per.values())
+    return {"name": name, "wall": wall, "sps": n / wall, "cpu": total, "cores": total / wall,
+            "load": os.getloadavg()[0], "ms": 1000 * total / n, "driver_ms": 1000 * per["driver"] / n,
+            "kinds": {k: 1000 * v / n for k, v in kinds.most_common() if 1000 * v / n >= 0.05}}
+
+
+def print_cpu(reports: list[dict]) -> None:
+    print("\nCPU of the whole process tree during each timed run (user + system, all threads; load average "
+          "at its end):")
+    print(f"{'run':22s} {'samples/s':>9s} {'CPU s':>7s} {'cores busy':>10s} {'CPU-ms/sample':>13s} "
+          f"{'of it driver':>12s} {'load 1 min':>10s}")
+    for r in reports:
+        print(f"{r['name']:22s} {r['sps']:9.1f} {r['cpu']:7.1f} {r['cores']:10.2f} {r['ms']:13.1f} "
+              f"{r['driver_ms']:12.1f} {r['load']:10.2f}")
+    print("CPU-ms/sample by thread, in the worker processes (the loop: its one process):")
+    for r in reports:
+        print(f"  {r['name']:20s} " + ", ".join(f"{k} {v:.1f}" for k, v in r["kinds"].items()))
+    print("  (driver: plan, client, and in cluster runs the scheduler and nannies; Dask-Default-Threads: the "
+          "task thread; non-Python: threads of C libraries, e.g. OpenCV's pool)")
+
+
+def worker_busy(stream: list[dict], t_start: float, wall: float) -> str:
+    """How much of the timed run (from `t_start`, time.time()) each worker's task thread spent in shard tasks,
+    when its first one began, and how long it idled at the end."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for t in stream:
+        for ss in t.get("startstops", []):
+            if ss["action"] == "compute":
+                spans.setdefault(t["worker"], []).append((ss["start"], ss["stop"]))
+    if not spans:
+        return "no task stream"
+    end = max(b for v in spans.values() for _, b in v)
+    parts = []
+    for i, (_, v) in enumerate(sorted(spans.items())):
+        busy, first, last = sum(b - a for a, b in v), min(a for a, _ in v), max(b for _, b in v)
+        parts.append(f"worker{i}: {len(v)} shards, in them {busy / wall:.0%} of the run, first began "
+                     f"{first - t_start:.1f}s in, done {end - last:.1f}s before the last")
+    return "; ".join(parts)
+
+
+class MemorySource:
+    """A source whose images are already in memory: the ceiling measures compute, not file reads."""
+
+    def __init__(self, source: Source, items: list[Item]):
+        self.blobs = {it.key: source.read(it) for it in items}
+        self.prior_box, self.attribute_names = source.prior_box, source.attribute_names
+
+    def read(self, item: Item) -> bytes:
+        return self.blobs[item.key]
+
+
+def _ceiling_proc(source: MemorySource, recipe, items: list[Item], barrier, out) -> None:
+    """Spawned: warm up, wait for the others, then time `process_item` over `items` on one thread."""
+    cv2.setNumThreads(1)
+    fields = fields_for(recipe, source)
+    for it in items[:4]:
+        process_item(it, source, recipe, fields)
+    barrier.wait()
+    t0, c0 = time.monotonic(), time.process_time()
+    for it in items:
+        process_item(it, source, recipe, fields)
+    out.put((t0, time.monotonic(), time.process_time() - c0))
+
+
+def ceiling(source: Source, recipe, items: list[Item], procs: int) -> tuple[float, float]:
+    """(samples/s, CPU-ms/sample) of `items` split over `procs` spawned single-threaded processes."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    mem = MemorySource(source, items)
+    env = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # inherited by the spawned interpreters from the start
+    try:
+        ps = [ctx.Process(target=_ceiling_proc, args=(mem, recipe, items[i::procs], barrier, out))
+              for i in range(procs)]
+        for p in ps:
+            p.start()
+        res = [out.get(timeout=1800) for _ in ps]  # a crashed child raises queue.Empty, not a hang
+        for p in ps:
+            p.join()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    wall = max(r[1] for r in res) - min(r[0] for r in res)
+    return len(items) / wall, 1000 * sum(r[2] for r in res) / len(items)
 
 
 def load() -> str:
@@ -77,6 +250,7 @@ def main() -> None:
                     help="small enough that both workers stay busy to the end (n / shard-size shards)")
     ap.add_argument("--scaling", action="store_true",
                     help="also: 1 vs 2 workers scaling ratio, and local disk vs S3 on a loopback moto server")
+    ap.add_argument("--no-s3", action="store_true", help="with --scaling: leave out the S3 build")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
     args = ap.parse_args()
     if not Path(args.root).is_dir():
@@ -94,28 +268,50 @@ def main() -> None:
     try:
         loop_dir = tmp / "loop"
         loop_dir.mkdir()
+        warm(source, recipe, items[:16])
+        pids = process_pids()
+        before = tree_cpu(pids)
         t_loop = plain_loop(source, recipe, items, loop_dir)
+        cpu = [cpu_report("plain loop", n, t_loop, before, tree_cpu(pids), tree_names())]
         rows = [("plain loop, PNG+npy", n / t_loop, du(loop_dir) / n)]
-        rates, s3_rate = {}, None
+        rates, s3_rate, busy = {}, None, {}
         for workers in (1, 2):
             t0 = time.perf_counter()
             with dask_client(workers, None) as client:
-                client.run(_warm)
+                warm_workers(client, source, recipe, items[:16])
                 startup = time.perf_counter() - t0
                 address = client.scheduler.address
                 out = tmp / f"w{workers}.zarr"
-                dt = timed_build(source, recipe, str(out), n, address)
+                pids = process_pids(client)
+                before = tree_cpu(pids)
+                with get_task_stream(client) as ts:
+                    t_start = time.time()
+                    dt = timed_build(source, recipe, str(out), n, address)
+                cpu.append(cpu_report(f"proui, {workers} worker(s)", n, dt, before, tree_cpu(pids),
+                                      tree_names(client)))
+                busy[workers] = worker_busy([t for t in ts.data if str(t["key"]).startswith("proui-")
+                                             and "source" not in str(t["key"])], t_start, dt)
                 rates[workers] = n / dt
                 rows.append((f"proui build, {workers} worker(s)", n / dt, du(out) / n))
                 rows.append((f"  same, with start-up {startup:.1f}s", n / (dt + startup), du(out) / n))
-                if args.scaling and workers == 2:
+                if args.scaling and workers == 2 and not args.no_s3:
                     s3_rate = s3_build(source, recipe, n, address)
         base = rows[0][1]
         print(f"{'run':32s} {'samples/s':>10s} {'x loop':>8s} {'bytes/sample':>13s}")
         for name, sps, bps in rows:
             print(f"{name:32s} {sps:10.1f} {sps / base:8.2f} {bps:13,.0f}")
         if args.scaling:
-            print(f"scaling 2 workers / 1 worker (start-up excluded): {rates[2] / rates[1]:.2f}x")
+            print_cpu(cpu)
+            for w, text in busy.items():
+                print(f"  {w} worker(s): {text}")
+            print(f"at the ceiling's start: {load()}", flush=True)
+            c1, ms1 = ceiling(source, recipe, items, 1)
+            c2, ms2 = ceiling(source, recipe, items, 2)
+            print(f"machine ceiling, process_item on in-memory images, 1 thread per process, no Dask, no writes: "
+                  f"1 process {c1:.1f} samples/s ({ms1:.1f} CPU-ms/sample), 2 processes {c2:.1f} samples/s "
+                  f"({ms2:.1f} CPU-ms/sample) = {c2 / c1:.2f}x")
+            print(f"scaling 2 workers / 1 worker (start-up excluded): {rates[2] / rates[1]:.2f}x "
+                  f"(machine ceiling {c2 / c1:.2f}x)")
             if s3_rate:
                 print(f"S3 on loopback (moto), 2 workers: {s3_rate:.1f} samples/s = {s3_rate / rates[2]:.2f}x local disk")
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

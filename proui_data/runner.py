@@ -52,6 +52,20 @@ class _DropCancelledReconnect(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
+# Settings of the LocalCluster that `dask_client` starts (not of a cluster it connects to).
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    # The nanny's MALLOC_TRIM_THRESHOLD_ also freezes glibc's mmap threshold, so every array over 128 KiB
+    # (a sample's heatmaps) is a fresh mmap: 4x the page faults and ~10 % less throughput; left unset.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # The statistical profiler (stack samples every 10 ms, the dashboard's Profile page) and the 20 ms
+    # event-loop tick kept each process's event loop busy: 22 % of a core for an idle 2-worker cluster
+    # (driver and workers), 7 % with these two settings, which distributed's own test suite also uses. With
+    # one worker that work ran on the otherwise idle core; with one worker per core it is taken from the shards.
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+}
+
+
 @contextlib.contextmanager
 def dask_client(workers: int, scheduler: str | None, connect_timeout: float = 30) -> Iterator[Any]:
     """A distributed Client on the scheduler at `scheduler`, or on a new LocalCluster of `workers` processes."""
@@ -75,10 +89,8 @@ def dask_client(workers: int, scheduler: str | None, connect_timeout: float = 30
     import dask
 
     # One thread per process: the per-sample work is CPU-bound Python/OpenCV/dlib holding the GIL.
-    # The nanny's MALLOC_TRIM_THRESHOLD_ also freezes glibc's mmap threshold, so every array over 128 KiB
-    # (a sample's heatmaps) is a fresh mmap: 4x the page faults and ~10 % less throughput; left unset.
     # The dashboard listens on loopback only (reach it from elsewhere through an SSH tunnel).
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
@@ -154,9 +166,9 @@ def _run_on_cluster(plan: Plan, workers: int, scheduler: str | None, storage_opt
         where = f"scheduler {scheduler}" if scheduler else "LocalCluster"
         note = "" if n_workers else " (the build waits for workers to join)"
         tqdm.write(f"{where}: {n_workers} workers{note}; dashboard {dashboard(client)}")
-        # The source (tables of the whole dataset: MBs) goes to the cluster once, as a task every shard
-        # depends on; as an argument it would be pickled into every shard's task. Being a task, not
-        # scattered data, the scheduler can recompute it when the worker holding it dies.
+        # The source goes to the cluster once, as a task every shard depends on, without its planning caches
+        # (sources drop them when pickled). Being a task, not scattered data, the scheduler can recompute it
+        # when the worker holding it dies.
         source = client.submit(_value, plan.source, key=f"proui-source-{plan.fingerprint}", pure=False)
         shard_of = {}
         futures = []

@@ -275,3 +275,19 @@ def test_cli_build_info_preview(tmp_path):
     png = tmp_path / "grid.png"
     r = CliRunner().invoke(cli, ["preview", str(out), "--out", str(png), "--n", "4"])
     assert r.exit_code == 0 and png.stat().st_size > 10_000
+
+
+def test_celeba_source_pickles_without_its_tables(tmp_path):
+    import pickle
+
+    from fixtures import make_celeba_root
+    from proui_data.sources import get_source
+
+    make_celeba_root(tmp_path / "celeba", 12)
+    source = get_source("celeba", root=str(tmp_path / "celeba"))
+    items = list(source.items("train"))
+    assert source._cache is not None
+    shipped = pickle.loads(pickle.dumps(source))
+    assert shipped._cache is None and len(pickle.dumps(source)) < 4096
+    assert [i.key for i in shipped.items("train")] == [i.key for i in items]  # rebuilt on demand
+    assert source._cache is not None  # the driver's copy keeps its tables

@@ -98,6 +98,13 @@ class CelebASource(Source):
             self.prior_box = CELEBA_ALIGNED_BOX
         self._cache: dict | None = None
 
+    def __getstate__(self) -> dict:
+        # The tables (200k rows, ~9 MB pickled, seconds to pickle and unpickle) are rebuilt on demand: a
+        # source shipped to Dask workers, which only call `read`, travels in under 1 KB.
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def _tables(self) -> dict:
         if self._cache is None:
             t: dict = {}
