@@ -237,6 +237,9 @@ def test_direct_shard_decode_matches_zarr(store, tmp_path):
     with pytest.raises(ValueError, match="checksum"):
         shard_decoder(arr)(bytes(corrupt), np.zeros((32, 3), np.float32))
 
+    with pytest.raises(ValueError, match="shorter than its index"):
+        shard_decoder(arr)(b"\0" * 7, np.zeros((32, 3), np.float32))
+
     # layouts the direct decoder does not know are read through zarr
     other = root.create_array("y", shape=(64, 3), dtype="int16", chunks=(8, 3), shards=(32, 3),
                               compressors=zarr.codecs.BloscCodec())
@@ -450,3 +453,12 @@ def test_spawned_workers_hand_batches_over_through_the_ring(store):
     for batch in kept:
         assert torch.equal(batch["landmarks"][:, 0, 0].long(), batch["index"])
         assert torch.equal(((batch["hr"][:, 0, 0, 0] + 1) * 127.5).round().long(), batch["index"] % 256)
+
+
+def test_truncated_local_shard_is_a_clear_error(tmp_path):
+    path = write_store(tmp_path / "store.zarr", {"train": 64}, shard_size=SHARD)
+    shard = tmp_path / "store.zarr" / "train" / "hr" / "c" / "1" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    dataset = StoreDataset(path, arrays=("hr",), batch_size=8, shuffle=False)
+    with pytest.raises(ValueError, match="train/hr: shard"):
+        list(dataset)
