@@ -408,7 +408,7 @@ class StoreDataset(IterableDataset):
         """Read the segments the order still needs (one ahead) and yield items from position `start` on."""
         if start >= len(rows):
             return
-        ring = getattr(self, "_ring", None) if get_worker_info() is not None else None
+        ring = self._ring if get_worker_info() is not None else None
         generation = ring.current_generation() if ring is not None else 0
         seg, rows = seg[start:], rows[start:]
         first_use: dict[int, int] = {}
@@ -456,18 +456,28 @@ class StoreDataset(IterableDataset):
             reader.close()
 
     def _batch(self, locations: list[tuple[dict[str, np.ndarray], int]], rows: np.ndarray) -> Batch:
-        out: Batch = {}
-        for name in self.arrays:
-            shape, dtype = self._specs[name]
-            if _is_string(dtype):
-                out[name] = [str(data[name][offset]) for data, offset in locations]
-                continue
-            block = np.empty((len(rows),) + shape, dtype)
-            for i, (data, offset) in enumerate(locations):  # one copy per row, straight from the shard
-                block[i] = data[name][offset]
-            out[name] = torch.from_numpy(block)
+        blocks = {name: np.empty((len(rows),) + shape, dtype) for name, (shape, dtype) in self._specs.items()
+                  if not _is_string(dtype)}
+        strings = gather_rows(self._specs, locations, blocks)
+        out: Batch = {name: torch.from_numpy(blocks[name]) if name in blocks else strings[name]
+                      for name in self._specs}
         out["index"] = torch.from_numpy(rows.astype(np.int64))
         return out
+
+
+def gather_rows(specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                locations: list[tuple[dict[str, np.ndarray], int]], blocks: dict[str, np.ndarray]) -> Batch:
+    """Copy row i of a batch, `data[name][offset]` of `locations[i]`, into `blocks[name][i]` for every array
+    in `blocks`; string arrays come back as lists."""
+    strings: Batch = {}
+    for name in specs:
+        if name not in blocks:
+            strings[name] = [str(data[name][offset]) for data, offset in locations]
+            continue
+        block = blocks[name]
+        for i, (data, offset) in enumerate(locations):  # one copy per row, straight from the shard
+            block[i] = data[name][offset]
+    return strings
 
 
 @dataclass
@@ -752,11 +762,8 @@ class BatchRing:
         if views is None:
             base = (worker * self.depth + slot) * self.slot_bytes
             flat = self.memory.numpy()
-            views = {}
-            for name, (offset, shape, dtype) in self.layout.items():
-                nbytes = self.batch_size * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                views[name] = flat[base + offset:base + offset + nbytes].view(dtype).reshape(
-                    (self.batch_size,) + shape)
+            views = {name: np.ndarray((self.batch_size,) + shape, dtype, buffer=flat, offset=base + offset)
+                     for name, (offset, shape, dtype) in self.layout.items()}
             self._views[(worker, slot)] = views
         return views
 
@@ -804,13 +811,7 @@ class BatchRing:
         slot = self._acquire(worker, generation)
         views = self.views(worker, slot)
         message: Batch = {"_ring": (worker, slot, generation), "_rows": len(rows)}
-        for name in specs:
-            if name not in views:
-                message[name] = [str(data[name][offset]) for data, offset in locations]
-                continue
-            block = views[name]
-            for i, (data, offset) in enumerate(locations):  # one copy per row, straight from the shard
-                block[i] = data[name][offset]
+        message.update(gather_rows(specs, locations, {name: views[name] for name in specs if name in views}))
         views["index"][:len(rows)] = rows
         return message
 
