@@ -32,11 +32,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = "proui"  # "proui" (Pro-UIGAN) | "plain" (the same progressive stages without priors or attention)
     prior: str = "learned"  # "learned" (default: no FAN weights here) or "fan"
     heads: int = 1
     scale_attention: bool = False
     norm: str = "batch"
     fan_weights: str = ""  # for prior = "fan": a local face-alignment FAN file
+    residual: bool = False  # not the reference: each stage adds the bicubic x2 of its input to its output
+    align_corners: bool = True  # the reference's bilinear x2 upsampling
+    init_bias_std: float = 0.02  # the reference draws conv biases from N(0, 0.02); 0: zeros
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,12 @@ class LossConfig:
     tv: tuple[float, float, float] = (0.1, 0.1, 0.01)
     style: tuple[float, float, float] = (10.0, 10.0, 1.0)
     perceptual: tuple[float, float, float] = (0.1, 0.01, 0.01)
-    adversarial: float = 1e-3
+    adversarial: float = 1e-3  # global discriminator on the 128x128 face
+    # The paper's local discriminator on a 64x64 crop centred on the occlusion (the face centre where a sample
+    # has none); the released code trains none. 0: off.
+    local_adversarial: float = 0.0
+    # Not the reference: the face_l2 / out_l2 terms weigh occluded pixels (1 + mask_weight) times (0: plain MSE).
+    mask_weight: float = 0.0
     # Style and perceptual terms need VGG19 weights, which cannot be downloaded here: a local torchvision
     # `vgg19` state dict (.pth) or .safetensors file. Empty: both terms are off.
     vgg_weights: str = ""
@@ -58,12 +67,15 @@ class LossConfig:
 class OptimConfig:
     lr_g: float = 5e-4
     lr_d: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    # The reference declares (0.5, 0.9) but never passes them to Adam, so it trained with torch's (0.9, 0.999).
+    betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "constant"  # "constant" | "cosine" | "step"
     step_every: int = 0  # for "step": halve the learning rates every this many steps
     warmup: int = 0
     grad_clip: float = 10.0  # 0: off
     ema_decay: float = 0.999
+    # decay at step t = min(ema_decay, (1 + t) / (10 + t)): without it a 200-step EMA is still 82 % noise
+    ema_warmup: bool = True
     gan_start: int = 0  # adversarial training (D updates and G's adversarial term) from this step
 
 
@@ -79,6 +91,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 500  # 0: off
     val_batches: int = 8
+    val_batch_size: int = 0  # 0: data.batch_size
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     image_every: int = 500  # TensorBoard image grids
@@ -96,9 +109,16 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return build_dataclass(cls, data, where, ConfigError)
 
 
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a checkpoint or weights file recorded (`TrainConfig.to_dict()`), validated."""
+    return _check(_build(TrainConfig, data, ""))
+
+
 def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.input not in ("lr_occluded", "lr"):
         raise ConfigError(f"data.input: {cfg.data.input!r} is not lr_occluded or lr")
+    if cfg.model.arch not in ("proui", "plain"):
+        raise ConfigError(f"model.arch: {cfg.model.arch!r} is not proui or plain")
     if cfg.model.prior not in ("learned", "fan"):
         raise ConfigError(f"model.prior: {cfg.model.prior!r} is not learned or fan")
     if cfg.model.prior == "fan" and not cfg.model.fan_weights:

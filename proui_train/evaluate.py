@@ -21,24 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import quality
+from .runtime import from_uint8, load_generator, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
 FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen": ("helen_val_50_HR", "helen_val_50_LR_8x")}
 
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def load_generator(checkpoint: str, device: torch.device, use_ema: bool = True) -> torch.nn.Module:
-    """The (EMA) generator of a checkpoint, in eval mode."""
-    from .checkpoint import load_checkpoint
-    from .config import _build, TrainConfig
-    from .train import build_generator
-
-    ck = load_checkpoint(checkpoint)
-    cfg = _build(TrainConfig, ck["config"], "")
-    g = build_generator(cfg, device)
-    g.load_state_dict(ck["ema" if use_ema else "generator"])
-    return g.to(device).eval()
 
 
 def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = 128) -> torch.Tensor:
@@ -75,11 +63,11 @@ def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
 
 def _model_predict(generator: torch.nn.Module, device: torch.device) -> Predict:
     @torch.no_grad()
-    def predict(lr16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (lr16.to(device) / 127.5 - 1.0)
-        out = generator(x)
-        sr = ((out["final"].float().clamp(-1, 1) + 1) * 127.5).round().cpu()
-        return sr, heatmaps_to_points(out["stages"][-1]["heatmaps"]).cpu()
+    def predict(lr16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = generator(from_uint8(lr16.to(device)))
+        last = out["stages"][-1]
+        points = heatmaps_to_points(last["heatmaps"]).cpu() if "heatmaps" in last else None  # plain: none
+        return to_uint8(out["final"]).cpu(), points
     return predict
 
 
@@ -116,7 +104,8 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
         else:
             lr16 = _to_tensor([cv2.resize(x, (16, 16), interpolation=cv2.INTER_AREA) for x in lr_np])
             sr, points = predict(lr16)
-            nmes.append(nme(points.numpy(), _dlib_points(hr_np)))
+            if points is not None:
+                nmes.append(nme(points.numpy(), _dlib_points(hr_np)))
         chunks.append(quality(sr, hr))
         if identity:
             ids.append(_identity(sr, hr) * len(names))
@@ -151,7 +140,8 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
                 sr = F.interpolate(lr, size=128, mode="bicubic", align_corners=False).clamp(0, 255).round()
             else:
                 sr, points = predict(lr)
-                nmes.append(nme(points.numpy(), g["landmarks"][sl][r]))
+                if points is not None:
+                    nmes.append(nme(points.numpy(), g["landmarks"][sl][r]))
             chunks.append(quality(sr, hr, mask))
             if identity:
                 ids.append(_identity(sr, hr) * len(r))
@@ -166,8 +156,6 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
 def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
              split: str = "test", device: str = "auto", identity: bool = True) -> dict[str, Any]:
     """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}."""
-    from .train import pick_device
-
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
     results: dict[str, Any] = {"method": baseline or str(checkpoint)}

@@ -15,8 +15,8 @@ from proui_data.degrade import downsample
 from proui_data.detect import NoFace, locate_face
 from proui_data.sources import IMAGE_SUFFIXES
 
-from .evaluate import _model_predict, load_generator
-from .train import pick_device
+from .evaluate import _model_predict
+from .runtime import load_generator, pick_device
 
 
 def prepare(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -17,9 +17,12 @@ from .models.vgg import VGGFeatureExtractor
 HR_SIZES = (16, 32, 64, 128)
 
 
-def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error."""
-    return F.mse_loss(pred, target)
+def l2_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+            mask_weight: float = 0.0) -> torch.Tensor:
+    """Mean squared error; with a (B,1,H,W) `mask` in [0, 1], pixels inside it weigh (1 + mask_weight)."""
+    if mask is None or not mask_weight:
+        return F.mse_loss(pred, target)
+    return ((pred - target) ** 2 * (1.0 + mask_weight * mask)).mean()
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,9 @@ class StageLossWeights:
     tv           total variation of the upsampled output
     style        Gram-matrix L1 between the upsampled output and the HR at 2x (needs VGG)
     perceptual   VGG-feature MSE, applied to both the refined face and the upsampled output (needs VGG)
-    adversarial  LSGAN generator term on the final 128x128 output (a single weight)
+    adversarial  LSGAN generator term of the global discriminator on the final 128x128 output
+    local_adversarial  the same for the local discriminator on 64x64 crops (the paper's; not in the released code)
+    mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
     """
 
     face_l2: tuple[float, ...] = (10.0, 1.0, 1.0)
@@ -102,9 +107,12 @@ class StageLossWeights:
     style: tuple[float, ...] = (10.0, 10.0, 1.0)
     perceptual: tuple[float, ...] = (0.1, 0.01, 0.01)
     adversarial: float = 1e-3
+    local_adversarial: float = 0.0
+    mask_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name != "adversarial"}
+        scalars = ("adversarial", "local_adversarial", "mask_weight")
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name not in scalars}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every per-stage weight needs one value per stage, got lengths {lengths}")
 
@@ -137,6 +145,7 @@ def generator_loss(
     weights: StageLossWeights | None = None,
     vgg: VGGFeatureExtractor | None = None,
     d_fake: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    d_fake_local: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of every generator term -> (total, {name: unweighted term, detached}).
 
@@ -149,6 +158,9 @@ def generator_loss(
                heatmaps, prior with heatmaps[S]    (heatmap, prior)
     vgg:     enables the style and perceptual terms; without it they are skipped (not computed, not reported).
     d_fake:  discriminator output(s) on outputs["final"], not detached; adds the LSGAN generator term.
+    d_fake_local: the local discriminator's output on crops of outputs["final"]; adds 'local_adversarial'.
+    targets may hold "mask": {size: (B,1,s,s)} occlusion masks; with weights.mask_weight the pixel L2 terms
+    weigh occluded pixels more. Stages without "heatmaps" (the plain baseline) skip the heatmap terms.
 
     Terms are named 'stage{s}/{face_l2,out_l2,heatmap,prior,tv,style,perceptual}' and 'adversarial'; a term
     whose weight is 0 is skipped. The dict holds 0-d tensors (call .item() when logging, not per step).
@@ -157,7 +169,7 @@ def generator_loss(
     stages = outputs["stages"]
     if len(stages) != weights.n_stages:
         raise ValueError(f"{len(stages)} generator stages but weights for {weights.n_stages}")
-    hr, heatmaps = targets["hr"], targets["heatmaps"]
+    hr, heatmaps, masks = targets["hr"], targets.get("heatmaps", {}), targets.get("mask", {})
     total = outputs["final"].new_zeros((), dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -179,10 +191,12 @@ def generator_loss(
         i = s - 1
         size, up = stage["face"].shape[-1], stage["out"].shape[-1]
         if weights.face_l2[i]:
-            add(f"stage{s}/face_l2", weights.face_l2[i], l2_loss(stage["face"], _lookup(hr, size, "hr")))
+            add(f"stage{s}/face_l2", weights.face_l2[i],
+                l2_loss(stage["face"], _lookup(hr, size, "hr"), masks.get(size), weights.mask_weight))
         if weights.out_l2[i]:
-            add(f"stage{s}/out_l2", weights.out_l2[i], l2_loss(stage["out"], _lookup(hr, up, "hr")))
-        if weights.heatmap[i] or weights.prior[i]:
+            add(f"stage{s}/out_l2", weights.out_l2[i],
+                l2_loss(stage["out"], _lookup(hr, up, "hr"), masks.get(up), weights.mask_weight))
+        if (weights.heatmap[i] or weights.prior[i]) and "heatmaps" in stage:
             target = _lookup(heatmaps, size, "heatmaps")
             if weights.heatmap[i]:
                 add(f"stage{s}/heatmap", weights.heatmap[i], heatmap_loss(stage["heatmaps"], target))
@@ -211,4 +225,6 @@ def generator_loss(
 
     if d_fake is not None and weights.adversarial:
         add("adversarial", weights.adversarial, lsgan_generator_loss(d_fake))
+    if d_fake_local is not None and weights.local_adversarial:
+        add("local_adversarial", weights.local_adversarial, lsgan_generator_loss(d_fake_local))
     return total, terms

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from proui_train import train as train_mod
+from proui_train import trainer as trainer_mod
 from proui_train.checkpoint import load_checkpoint, save_checkpoint
 from proui_train.cli import main as cli
 from proui_train.config import ConfigError, load_config
@@ -69,13 +70,13 @@ def test_resume_equals_uninterrupted_training(demo_store, tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_stop(demo_store, tmp_path, monkeypatch):
-    real = train_mod.generator_loss
+    real = trainer_mod.generator_loss
 
     def poisoned(*args, **kw):
         total, terms = real(*args, **kw)
         return total * float("nan"), terms
 
-    monkeypatch.setattr(train_mod, "generator_loss", poisoned)
+    monkeypatch.setattr(trainer_mod, "generator_loss", poisoned)
     cfg = small_config(demo_store, tmp_path / "nan", 5, max_nonfinite=2)
     with pytest.raises(train_mod.TrainingStopped, match="2 steps had a NaN/inf loss"):
         train_mod.train(cfg, progress=False)
@@ -135,7 +136,7 @@ def test_fan_prior_loads_local_weights(tmp_path):
     torch.save(fa_models.FAN(4).state_dict(), path)
     cfg = load_config(None, sets=['model.prior="fan"', f'model.fan_weights="{path}"'])
     g = train_mod.build_generator(cfg).eval()
-    assert train_mod.loss_weights(cfg).prior == (0.0, 0.0, 0.0)
+    assert trainer_mod.loss_weights(cfg).prior == (0.0, 0.0, 0.0)
     with torch.no_grad():
         out = g(torch.zeros(1, 3, 16, 16))
     assert out["final"].shape == (1, 3, 128, 128)

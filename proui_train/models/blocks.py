@@ -66,13 +66,14 @@ class ResidualBlock(nn.Module):
 
 
 @torch.no_grad()
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """DCGAN-style init used by the reference: conv weights ~ N(0, std), norm scales ~ N(1, std), biases 0."""
+def init_weights(module: nn.Module, std: float = 0.02, bias_std: float = 0.0) -> None:
+    """DCGAN-style init: conv weights ~ N(0, std), conv biases ~ N(0, bias_std) (0: zeros), norm scales
+    ~ N(1, std) and norm shifts 0. The reference's generator uses bias_std = std = 0.02."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                nn.init.normal_(m.bias, 0.0, bias_std) if bias_std else nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)

@@ -70,6 +70,12 @@ class ProUIGANConfig:
     prior_dilations: tuple[int, ...] = (1, 2, 4)  # receptive field 3 + 2 * sum + 2 = 19 pixels
     fan_input_size: int = 256  # the reference runs FAN on the face upsampled to 256
     init_std: float | None = 0.02  # DCGAN-style init as the reference; None keeps PyTorch's default
+    init_bias_std: float = 0.02  # the reference draws biases from N(0, 0.02) too; 0 gives zero biases
+    # x2 bilinear upsampling: the reference interpolates with align_corners=True.
+    align_corners: bool = True
+    # Not the reference: add the bicubic x2 upsampling of each stage's input to the stage's output, so a stage
+    # learns a correction to bicubic instead of relearning a face's colours from nothing (see docs/training.md).
+    residual: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -238,6 +244,11 @@ class CrossModalAttention(nn.Module):
         return (*refined, attn) if return_attention else refined
 
 
+def bicubic_x2(face: torch.Tensor) -> torch.Tensor:
+    """(B,3,S,S) -> (B,3,2S,2S) bicubic upsampling, the base a residual stage corrects."""
+    return F.interpolate(face, scale_factor=2, mode="bicubic", align_corners=False)
+
+
 class UpsampleBlock(nn.Module):
     """(face, heatmaps) at S -> face at 2S: conv 128 -> conv 64 -> bilinear x2 -> residual blocks -> conv 32 ->
     conv 12 -> conv 3 + tanh (the reference's upsampling-and-inpainting "SRnet")."""
@@ -250,8 +261,10 @@ class UpsampleBlock(nn.Module):
         kernel_size: int = 3,
         res_blocks: int = 2,
         norm: str = "batch",
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         c0, c1, c2, c3 = channels
         self.fuse = nn.Sequential(
             ConvNormAct(3 + heatmap_channels, c0, 3, norm=norm), ConvNormAct(c0, c1, 3, norm=norm)
@@ -264,9 +277,9 @@ class UpsampleBlock(nn.Module):
             nn.Tanh(),
         )
 
-    def forward(self, face: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-        x = self.fuse(torch.cat([face, heatmaps], dim=1))  # (B, 64, S, S)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, 64, 2S, 2S)
+    def forward(self, face: torch.Tensor, heatmaps: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.fuse(face if heatmaps is None else torch.cat([face, heatmaps], dim=1))  # (B, 64, S, S)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=self.align_corners)  # (B, 64, 2S, 2S)
         return self.tail(self.res(x))  # (B, 3, 2S, 2S)
 
 
@@ -364,12 +377,16 @@ class ProUIStage(nn.Module):
             kernel_size=up_kernel_size,
             res_blocks=config.res_blocks,
             norm=config.norm,
+            align_corners=config.align_corners,
         )
+        self.residual = config.residual
 
     def forward(self, face: torch.Tensor) -> dict[str, torch.Tensor]:
         prior = self.prior(face)  # (B, L, S, S)
         refined_face, refined_heatmaps = self.refine(face, prior)  # (B, 3, S, S), (B, L, S, S)
         out = self.upsample(refined_face, refined_heatmaps)  # (B, 3, 2S, 2S)
+        if self.residual:
+            out = out + bicubic_x2(face)
         return {"face": refined_face, "heatmaps": refined_heatmaps, "prior": prior, "out": out}
 
 
@@ -395,7 +412,7 @@ class ProUIGAN(nn.Module):
             for landmarks, size, k in zip(config.stage_landmarks, config.stage_sizes, config.up_kernel_sizes)
         )
         if config.init_std is not None:
-            init_weights(self, config.init_std)
+            init_weights(self, config.init_std, config.init_bias_std)
 
     def forward(self, lr: torch.Tensor) -> dict:
         size = self.config.input_size

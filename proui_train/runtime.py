@@ -1,0 +1,82 @@
+"""What training, evaluation and inference share: devices, seeds, building and loading generators.
+
+`evaluate.py` and `infer.py` import from here, never from `train.py`: using a model needs no training loop.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelConfig, TrainConfig, config_from_dict
+from .models import ProUIGAN, ProUIGANConfig
+from .models.plain import PlainProgressive
+
+if TYPE_CHECKING:
+    from .models.pro_uigan import HeatmapEstimator
+
+ARCHS = ("proui", "plain")
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator_config(m: ModelConfig) -> ProUIGANConfig:
+    return ProUIGANConfig(prior=m.prior, heads=m.heads, scale_attention=m.scale_attention, norm=m.norm,
+                          residual=m.residual, align_corners=m.align_corners, init_bias_std=m.init_bias_std)
+
+
+def build_generator(cfg: TrainConfig | ModelConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The generator a config describes (`model.arch`: Pro-UIGAN or the plain baseline), freshly initialised."""
+    m = cfg.model if isinstance(cfg, TrainConfig) else cfg
+    if m.arch == "plain":
+        return PlainProgressive(generator_config(m))
+    estimator: HeatmapEstimator | None = None
+    if m.prior == "fan":
+        from .fan_prior import load_fan_heatmap_estimator  # needs local FAN weights and face-alignment
+
+        estimator = load_fan_heatmap_estimator(m.fan_weights, device)
+    return ProUIGAN(generator_config(m), heatmap_estimator=estimator)
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu", use_ema: bool | None = None) -> nn.Module:
+    """A generator in eval mode from a run folder, a checkpoint folder, or a released weights file
+    (`.safetensors` with its config in the metadata). `use_ema=None` takes the weights the checkpoint
+    recommends (its `inference_weights`, the EMA unless recorded otherwise)."""
+    from .checkpoint import load_checkpoint
+    from .release import is_weights_file, load_weights_file
+
+    if is_weights_file(path):
+        cfg, state = load_weights_file(path)
+    else:
+        ck = load_checkpoint(path)
+        cfg = config_from_dict(ck["config"])
+        which = ("ema" if use_ema else "generator") if use_ema is not None else ck.get("inference_weights", "ema")
+        state = ck[which]
+    g = build_generator(cfg, device)
+    g.load_state_dict(state)
+    return g.to(device).eval()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) in [-1,1] -> 0..255 float, rounded like a saved PNG."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """0..255 (any dtype) -> float in [-1, 1]: the one conversion between stored pixels and the model's range."""
+    return x.float() / 127.5 - 1.0
