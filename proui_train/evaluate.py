@@ -117,6 +117,17 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
     return out
 
 
+def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
+             metrics: tuple[str, ...] = ("psnr_y", "psnr_y_in", "psnr_y_out", "ssim_y")) -> dict[str, dict[str, float]]:
+    """Per-sample metrics grouped by occlusion kind -> {kind: {"n": count, metric: mean}}."""
+    values = {k: torch.cat([c[k] for c in chunks]).double().numpy() for k in metrics}
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        sel = kinds == kind
+        out[kind or "none"] = {"n": int(sel.sum()), **{k: float(np.nanmean(v[sel])) for k, v in values.items()}}
+    return out
+
+
 def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64) -> dict[str, Any]:
     import zarr
 
@@ -124,7 +135,8 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
     valid = np.flatnonzero(g["valid"][:])
     has_mask = "occlusion_mask" in g.array_keys()
     inp = "lr_occluded" if "lr_occluded" in g.array_keys() else "lr"
-    chunks, ids, nmes = [], [], []
+    kinds_all = g["occlusion_kind"][:] if "occlusion_kind" in g.array_keys() else None
+    chunks, ids, nmes, kinds = [], [], [], []
     size = g.attrs["shard_size"]
     for start in range(0, g.attrs["n_samples"], size):  # whole shards
         rows = valid[(valid >= start) & (valid < start + size)] - start
@@ -143,9 +155,13 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
                 if points is not None:
                     nmes.append(nme(points.numpy(), g["landmarks"][sl][r]))
             chunks.append(quality(sr, hr, mask))
+            if kinds_all is not None:
+                kinds.extend(kinds_all[start + r])
             if identity:
                 ids.append(_identity(sr, hr) * len(r))
     out: dict[str, Any] = {"n": int(valid.size), "input": inp, **_summarise(chunks)}
+    if kinds:
+        out["by_kind"] = per_kind(chunks, np.asarray(kinds))
     if identity:
         out["identity_cosine"] = float(sum(ids) / max(valid.size, 1))
     if nmes:

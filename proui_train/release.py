@@ -1,46 +1,100 @@
-"""Released generator weights: one `.safetensors` file holding a generator's weights with its training config
-in the file's metadata, so `load_generator(file)` rebuilds the network without the run folder."""
+"""Released generators: a folder in huggingface_hub's PyTorchModelHubMixin layout (config.json,
+model.safetensors, README.md model card) whose weights file also carries the full training config in its
+safetensors metadata, so `load_generator` rebuilds the network from the file alone.
+
+`ProUIGAN.from_pretrained(folder or hub id)` reads the same folder; `publish_weights` uploads it.
+"""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .config import TrainConfig, config_from_dict
 
 CONFIG_KEY = "proui_config"
+WEIGHTS = "model.safetensors"
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the message is safe to show (no token in it)."""
+
+
+def weights_path(path: str | Path) -> Path | None:
+    """The weights file of a release (the file itself, or a folder holding model.safetensors and no
+    training checkpoint); None when `path` is not a release."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    if p.is_dir() and (p / WEIGHTS).is_file() and not (p / "state.json").exists() and not (p / "latest").exists():
+        return p / WEIGHTS
+    return None
 
 
 def is_weights_file(path: str | Path) -> bool:
-    return Path(path).is_file() and Path(path).suffix == ".safetensors"
+    return weights_path(path) is not None
 
 
-def save_weights_file(path: str | Path, state: dict[str, torch.Tensor], cfg: TrainConfig,
-                      extra: dict[str, Any] | None = None, half: bool = False) -> Path:
-    """Write a generator state dict (float16 when `half`) and its config (+ `extra` JSON metadata)."""
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in state.items()}
-    meta = {CONFIG_KEY: json.dumps(cfg.to_dict())}
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
-    return path
+def save_release(out_dir: str | Path, generator: nn.Module, cfg: TrainConfig, card: str = "",
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write `generator` (usually the EMA copy) as a release folder; `extra` (JSON-able) joins the metadata."""
+    out = Path(out_dir)
+    generator.save_pretrained(out)  # config.json and a generic card from the mixin
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    meta = {CONFIG_KEY: json.dumps(cfg.to_dict()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    save_file(state, str(out / WEIGHTS), metadata=meta)
+    if card:
+        (out / "README.md").write_text(card, encoding="utf-8")
+    return out
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
+    """The JSON metadata of a release's weights file."""
+    file = weights_path(path)
+    if file is None:
+        raise FileNotFoundError(f"{path}: not a .safetensors file or a release folder holding {WEIGHTS}")
+    with safe_open(str(file), framework="pt") as f:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
 def load_weights_file(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
-    """(config, float32 state dict) of a weights file written by `save_weights_file`."""
+    """(training config, state dict) of a release."""
     meta = read_metadata(path)
     if CONFIG_KEY not in meta:
-        raise ValueError(f"{path}: no {CONFIG_KEY!r} in its metadata: not a proui generator weights file")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    return config_from_dict(meta[CONFIG_KEY]), state
+        raise ValueError(f"{path}: no {CONFIG_KEY!r} in the weights' metadata: not a proui release "
+                         "(a bare from_pretrained folder loads with ProUIGAN.from_pretrained)")
+    return config_from_dict(meta[CONFIG_KEY]), load_file(str(weights_path(path)))
+
+
+def publish_weights(folder: str | Path, repo_id: str, *, dry_run: str | Path | None = None,
+                    private: bool = False) -> str:
+    """Upload a release folder to the Hub model repo `repo_id` (`HF_ENDPOINT`; token from HF_TOKEN or the
+    login cache, never shown), or copy what would be uploaded into `dry_run`. Returns where it went."""
+    folder = Path(folder)
+    if weights_path(folder) is None or not (folder / "config.json").is_file():
+        raise PublishError(f"{folder}: not a release folder (config.json + {WEIGHTS})")
+    if dry_run is not None:
+        shutil.copytree(folder, dry_run, dirs_exist_ok=True)
+        return str(dry_run)
+    from huggingface_hub import HfApi, constants, get_token
+
+    token = get_token()
+    if not token:
+        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run DIR)")
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                 commit_message="proui-train publish")
+        return str(getattr(info, "commit_url", info))
+    except Exception as e:  # noqa: BLE001 - every library error is re-raised without the token
+        raise PublishError(f"publishing to {repo_id} at {endpoint} failed: {type(e).__name__}: {e}"
+                           .replace(token, "***")) from None

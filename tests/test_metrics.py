@@ -66,3 +66,45 @@ def test_bicubic_baseline_on_fsrnet_sets(shared_data, name, hr_dir, lr_dir, publ
     p, s = psnr(y_lr, y_hr).mean().item(), ssim(y_lr, y_hr).mean().item()
     # Measured: CelebA 23.53 / 0.6326, Helen 23.69 / 0.6600 (see README: the JPEG re-encoding of our copy).
     assert abs(p - published_psnr) < 0.25 and abs(s - published_ssim) < 0.01
+
+
+def _pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth 'face-like' image and a degraded copy (blur + noise + a flat occluder), uint8 RGB 64x64."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.uniform(0, 255, (64, 64, 3)).astype(np.float32), (0, 0), 3)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
+    hr = base.round().astype(np.uint8)
+    sr = cv2.GaussianBlur(base, (0, 0), 1.2) + rng.normal(0, 6, base.shape)
+    sr[40:60, 8:30] = 128.0  # a flat block: SSIM's variance terms near zero
+    return np.clip(sr, 0, 255).round().astype(np.uint8), hr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ssim_and_psnr_equal_scikit_image(seed):
+    metrics = pytest.importorskip("skimage.metrics")
+    sr, hr = _pair(seed)
+    t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].double()  # noqa: E731
+    y_sr, y_hr = rgb_to_y(t(sr)), rgb_to_y(t(hr))
+    ref = metrics.structural_similarity(y_sr[0, 0].numpy(), y_hr[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=255)
+    assert abs(ssim(y_sr, y_hr).item() - ref) < 1e-6
+    ref_rgb = metrics.structural_similarity(sr.astype(np.float64), hr.astype(np.float64), gaussian_weights=True,
+                                            sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=2)
+    assert abs(ssim(t(sr), t(hr)).item() - ref_rgb) < 1e-6
+    ref_psnr = metrics.peak_signal_noise_ratio(y_hr[0, 0].numpy(), y_sr[0, 0].numpy(), data_range=255)
+    assert abs(psnr(y_sr, y_hr).item() - ref_psnr) < 1e-6
+
+
+def test_masked_ssim_averages_the_map_over_window_centres_in_the_mask():
+    metrics = pytest.importorskip("skimage.metrics")
+    sr, hr = _pair(3)
+    t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].double()  # noqa: E731
+    y_sr, y_hr = rgb_to_y(t(sr)), rgb_to_y(t(hr))
+    _, full = metrics.structural_similarity(y_sr[0, 0].numpy(), y_hr[0, 0].numpy(), gaussian_weights=True,
+                                            sigma=1.5, use_sample_covariance=False, data_range=255, full=True)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 35:62, 5:35] = 1  # around the flat block, partly in the 5-pixel border
+    inner = full[5:-5, 5:-5]
+    expected = inner[mask[0, 0, 5:-5, 5:-5].numpy() > 0].mean()
+    assert abs(ssim(y_sr, y_hr, mask).item() - expected) < 1e-6
+    assert ssim(y_sr, y_hr, mask).item() < ssim(y_sr, y_hr, 1 - mask).item()  # the degraded part scores lower

@@ -13,10 +13,11 @@ The refinement is widened so that the whole network has about as many parameters
 from __future__ import annotations
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .blocks import ConvNormAct, ResidualBlock, count_parameters, init_weights
-from .pro_uigan import ProUIGANConfig, UpsampleBlock, bicubic_x2
+from .pro_uigan import HUB_METADATA, ProUIGANConfig, UpsampleBlock, as_config, bicubic_x2
 
 
 class PlainStage(nn.Module):
@@ -48,13 +49,13 @@ class PlainStage(nn.Module):
         return {"face": refined_face, "out": out}
 
 
-class PlainProgressive(nn.Module):
+class PlainProgressive(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
     """lr (B,3,16,16) in [-1, 1] -> (B,3,128,128) through three plain stages; the same output dict as
     `ProUIGAN` without the heatmap entries: {"stages": [{"face", "out"}, ...], "final"}."""
 
     def __init__(self, config: ProUIGANConfig | None = None, width: int = 64, blocks: int = 2) -> None:
         super().__init__()
-        self.config = config = config or ProUIGANConfig()
+        self.config = config = as_config(config)
         self.stages = nn.ModuleList(PlainStage(k, config, width, blocks) for k in config.up_kernel_sizes)
         if config.init_std is not None:
             init_weights(self, config.init_std, config.init_bias_std)

@@ -20,12 +20,15 @@ blocks (the same layers minus the unused ones) plus 120,501 in the three learned
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .blocks import ConvNormAct, ResidualBlock, check_norm, count_parameters, init_weights
@@ -91,6 +94,14 @@ class ProUIGANConfig:
         for s, landmarks in enumerate(self.stage_landmarks, 1):
             if not landmarks or not all(0 <= i < NUM_LANDMARKS for i in landmarks):
                 raise ValueError(f"stage {s} landmark indices must be a non-empty subset of 0..67, got {landmarks}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProUIGANConfig":
+        """Inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
+        def tupled(v: Any) -> Any:
+            return tuple(tupled(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+        return cls(**{k: tupled(v) for k, v in data.items()})
 
     @property
     def stage_sizes(self) -> tuple[int, ...]:
@@ -390,8 +401,22 @@ class ProUIStage(nn.Module):
         return {"face": refined_face, "heatmaps": refined_heatmaps, "prior": prior, "out": out}
 
 
-class ProUIGAN(nn.Module):
+HUB_METADATA = dict(library_name="proui", tags=["face-hallucination", "super-resolution"],
+                    paper_url="https://arxiv.org/abs/2108.00602", license="other")
+
+
+def as_config(config: ProUIGANConfig | Mapping[str, Any] | None) -> ProUIGANConfig:
+    """A config, or the dict `from_pretrained` hands back from config.json."""
+    if config is None or isinstance(config, ProUIGANConfig):
+        return config or ProUIGANConfig()
+    return ProUIGANConfig.from_dict(config)
+
+
+class ProUIGAN(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
     """Pro-UIGAN generator: lr (B,3,16,16) in [-1, 1] -> three progressive stages -> (B,3,128,128).
+
+    `save_pretrained` / `from_pretrained` (a folder or a Hub id) / `push_to_hub` come from huggingface_hub's
+    PyTorchModelHubMixin: config.json holds the config, model.safetensors the weights.
 
     forward returns {"stages": [stage1, stage2, stage3], "final": (B,3,128,128)}, where stage s (input S = 16,
     32, 64) is a dict with
@@ -406,7 +431,7 @@ class ProUIGAN(nn.Module):
         self, config: ProUIGANConfig | None = None, heatmap_estimator: HeatmapEstimator | None = None
     ) -> None:
         super().__init__()
-        self.config = config = config or ProUIGANConfig()
+        self.config = config = as_config(config)
         self.stages = nn.ModuleList(
             ProUIStage(landmarks, size, k, config, heatmap_estimator)
             for landmarks, size, k in zip(config.stage_landmarks, config.stage_sizes, config.up_kernel_sizes)
