@@ -200,8 +200,8 @@ def test_reads_whole_shards_not_samples(store):
 
 
 def _shard_bytes(arr: zarr.Array, k: int) -> bytes | None:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+    from zarr.buffer import default_buffer_prototype
+    from proui_train.data.shards import run_store_io as sync
 
     key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
     data = sync((arr.store_path / key).get(prototype=default_buffer_prototype()))
