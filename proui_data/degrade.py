@@ -15,7 +15,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DegradeConfig:
-    scale: int = 8
+    """The recipe's `[degrade]` section."""
+
+    scale: int = 8  # HR side / LR side
     blur_sigma: tuple[float, float] = (0.0, 0.0)  # uniform range of the HR Gaussian blur sigma (0 = off)
     noise_sigma: tuple[float, float] = (0.0, 0.0)  # uniform range of LR noise std in 0..255 units
     jpeg_quality: tuple[int, int] = (0, 0)  # uniform range of JPEG quality; 0 = off

@@ -1,7 +1,8 @@
 """Build recipes: declarative TOML files in `pipelines/`, validated into dataclasses.
 
 Unknown keys are errors (a typo must not silently fall back to a default). `load_recipe(None, source)`
-gives the shipped default for a source (`pipelines/<source>.toml`).
+gives the shipped default for a source (`pipelines/<source>.toml`). Every section, the stages' own configs
+(`DegradeConfig`, `OcclusionConfig`) included, is read once here by `tables.build_dataclass`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .degrade import DegradeConfig
+from .occlusion import OcclusionConfig
 from .tables import build_dataclass, read_toml
 
 
@@ -37,14 +40,6 @@ class DetectRecipe:
 
 
 @dataclass(frozen=True)
-class DegradeRecipe:
-    scale: int = 8
-    blur_sigma: tuple[float, float] = (0.0, 0.0)
-    noise_sigma: tuple[float, float] = (0.0, 0.0)
-    jpeg_quality: tuple[int, int] = (0, 0)
-
-
-@dataclass(frozen=True)
 class StoreRecipe:
     shard_size: int = 256  # samples per shard (one object per array per shard)
     chunk_size: int = 32  # samples per inner chunk (random-access granularity)
@@ -66,15 +61,22 @@ class Recipe:
     occlusion_seed: int = 0  # occlusion draws (change it for new masks on the same faces)
     decode: DecodeRecipe = field(default_factory=DecodeRecipe)
     detect: DetectRecipe = field(default_factory=DetectRecipe)
-    degrade: DegradeRecipe = field(default_factory=DegradeRecipe)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
     store: StoreRecipe = field(default_factory=StoreRecipe)
     priors: PriorsRecipe = field(default_factory=PriorsRecipe)
-    occlusion: dict | None = None  # validated by proui_data.occlusion.OcclusionConfig
+    occlusion: OcclusionConfig | None = None  # None: no occlusion arrays
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """The JSON-able table `parse_recipe` reads back: what a store records (and fingerprints)."""
+        d = dataclasses.asdict(self)
+        if self.occlusion is not None:
+            d["occlusion"] = self.occlusion.written()  # the table as the recipe wrote it
+        return _plain(d)
 
     def replace(self, **kw: Any) -> "Recipe":
+        """A copy with fields changed; an `occlusion` table (a dict) is read like the recipe file's."""
+        if isinstance(kw.get("occlusion"), dict):
+            kw["occlusion"] = OcclusionConfig.from_dict(kw["occlusion"], "occlusion", RecipeError)
         return dataclasses.replace(self, **kw)
 
 
@@ -98,31 +100,19 @@ def _check(r: Recipe) -> Recipe:
     s = r.store
     if s.shard_size < 1 or s.chunk_size < 1 or s.shard_size % s.chunk_size:
         raise RecipeError(f"store: shard_size ({s.shard_size}) must be a positive multiple of chunk_size ({s.chunk_size})")
-    if r.occlusion is not None:
-        from .occlusion import OcclusionConfig
-
-        try:
-            occ = OcclusionConfig.from_dict(r.occlusion)
-        except ValueError as e:
-            raise RecipeError(f"occlusion: {e}") from None
-        if occ.variants > 64:
-            raise RecipeError(f"occlusion.variants: {occ.variants} is more than 64 rows per face")
+    if r.occlusion is not None and r.occlusion.variants > 64:
+        raise RecipeError(f"occlusion.variants: {r.occlusion.variants} is more than 64 rows per face")
     return r
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     """Validate a recipe table (as read from TOML)."""
     try:
-        occ = data.get("occlusion")
+        # `occlusion` defaults to None (no occlusion), which says nothing of its type: it is read on its own.
         rest = {k: v for k, v in data.items() if k != "occlusion"}
         r = _build(Recipe, rest, "")
-    except RecipeError as e:
-        raise RecipeError(f"{where}: {e}") from None
-    if occ is not None:
-        if not isinstance(occ, dict):
-            raise RecipeError(f"{where}: occlusion: expected a table")
-        r = r.replace(occlusion=occ)
-    try:
+        if data.get("occlusion") is not None:
+            r = r.replace(occlusion=OcclusionConfig.from_dict(data["occlusion"], "occlusion", RecipeError))
         return _check(r)
     except RecipeError as e:
         raise RecipeError(f"{where}: {e}") from None
