@@ -5,8 +5,18 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
+
+from .checkpoint import load_checkpoint
+from .config import ConfigError, config_from_dict, load_config
+from .evaluate import evaluate
+from .infer import infer_paths
+from .release import PublishError, publish_weights, save_release
+from .report import picture_grid, plot_curves
+from .runtime import load_generator
+from .train import TrainingStopped, train
 
 
 def _rank() -> int:
@@ -34,19 +44,16 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="TOML config (default pipelines/train/default.toml).")
 @click.option("--data", help="Store to train on (data.store).")
-@click.option("--steps", type=int, help="Generator steps (steps).")
+@click.option("--steps", type=click.IntRange(min=1), help="Generator steps (steps).")
 @click.option("--run-dir", help="Where checkpoints and logs go (run_dir).")
-@click.option("--batch-size", type=int, help="data.batch_size")
-@click.option("--workers", type=int, help="data.workers (DataLoader processes)")
+@click.option("--batch-size", type=click.IntRange(min=1), help="data.batch_size")
+@click.option("--workers", type=click.IntRange(min=0), help="data.workers (DataLoader processes)")
 @click.option("--device", help="auto | cpu | cuda | cuda:N")
 @click.option("--resume", is_flag=True, help="Continue from run_dir/latest, loader position included.")
 @click.option("--set", "sets", multiple=True, help="Any config key: --set optim.lr_g=2e-4 (repeatable).")
 @click.option("--no-progress", is_flag=True)
 def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, sets, no_progress):
     """Train Pro-UIGAN: one process, or DDP under `torchrun --nproc-per-node N -m proui_train.cli run`."""
-    from .config import ConfigError, load_config
-    from .train import TrainingStopped, train
-
     overrides = {k: v for k, v in {"data.store": data, "steps": steps, "run_dir": run_dir,
                                    "data.batch_size": batch_size, "data.workers": workers,
                                    "device": device}.items() if v is not None}
@@ -65,7 +72,8 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
 
 
 @main.command("eval")
-@click.option("--checkpoint", type=click.Path(exists=True), help="Checkpoint folder or run folder.")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="Run folder, checkpoint folder, release folder or its model.safetensors.")
 @click.option("--baseline", type=click.Choice(["bicubic"]), help="Evaluate a baseline instead of a model.")
 @click.option("--benchmark", type=click.Path(exists=True, file_okay=False),
               help="FSRNet benchmark folder (celeba_val_1000_HR/, ..._LR_8x/, helen_val_50_*).")
@@ -76,8 +84,6 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
 @click.option("--no-identity", is_flag=True, help="Skip the dlib identity similarity (slow on CPU).")
 def eval_cmd(checkpoint, baseline, benchmark, data, split, out_path, device, no_identity):
     """PSNR/SSIM (Y and RGB), inside/outside occlusions, landmark NME and identity similarity."""
-    from .evaluate import evaluate
-
     if bool(checkpoint) == bool(baseline):
         _fail("give exactly one of --checkpoint or --baseline")
     if not benchmark and not data:
@@ -93,14 +99,67 @@ def eval_cmd(checkpoint, baseline, benchmark, data, split, out_path, device, no_
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", default="report.png", show_default=True, help="Learning-curve figure.")
+@click.option("--label", "labels", multiple=True, help="One per run (default: the folder names).")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False), help="Also write a picture grid here.")
+@click.option("--data", help="Store whose faces fill the grid (default: the first run's store).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--n", "n_faces", default=6, show_default=True, type=click.IntRange(1, 256))
+def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
+    """Learning curves (validation PSNR-Y, EMA and raw, bicubic as a line) and a grid of
+    input | bicubic | each run's EMA generator | ground truth."""
+    if labels and len(labels) != len(run_dirs):
+        _fail(f"{len(labels)} --label for {len(run_dirs)} runs")
+    summary = plot_curves(list(run_dirs), out_path, list(labels) or None)
+    for k, v in summary.items():
+        click.echo(f"{k}: {v:.3f}")
+    click.echo(f"wrote {out_path}")
+    if grid_path:
+        store = data or json.loads((Path(run_dirs[0]) / "config.json").read_text())["data"]["store"]
+        click.echo(f"wrote {picture_grid(list(run_dirs), store, split, grid_path, n_faces)}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Release folder.")
+@click.option("--card", type=click.Path(exists=True, dir_okay=False), help="Model card (README.md) to include.")
+@click.option("--metrics", "metrics_path", type=click.Path(exists=True, dir_okay=False),
+              help="An eval metrics.json to record in the weights' metadata.")
+def release(run_dir, out_dir, card, metrics_path):
+    """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md)."""
+    ck = load_checkpoint(run_dir)
+    generator = load_generator(run_dir)
+    extra = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
+    if metrics_path:
+        extra["metrics"] = json.loads(Path(metrics_path).read_text())
+    text = Path(card).read_text(encoding="utf-8") if card else ""
+    out = save_release(out_dir, generator, config_from_dict(ck["config"]), text, extra)
+    click.echo(f"wrote {out} (step {ck['step']}, {extra['weights']} weights)")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", "repo_id", required=True, help="Hub model repo, e.g. user/proui-celeba.")
+@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), metavar="DIR",
+              help="Copy what would be uploaded into DIR instead.")
+@click.option("--private", is_flag=True)
+def publish(folder, repo_id, dry_run, private):
+    """Publish a release folder as a Hugging Face model (token: HF_TOKEN or `hf auth login`; HF_ENDPOINT)."""
+    try:
+        where = publish_weights(folder, repo_id, dry_run=dry_run, private=private)
+    except PublishError as e:
+        _fail(str(e))
+    click.echo(f"{'wrote' if dry_run else 'uploaded'} {folder} -> {where}")
+
+
+@main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True))
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True), help="An image or a folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def infer(checkpoint, input_path, out_dir, device):
     """Detect, align, downsample (16x16 inputs are taken as is), hallucinate; write side-by-side PNGs."""
-    from .infer import infer_paths
-
     rows = infer_paths(checkpoint, input_path, out_dir, device)
     for r in rows:
         click.echo(f"{r['input']}: {r['status']}" + (f" -> {r['output']}" if r.get("output") else ""))

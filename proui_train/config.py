@@ -22,7 +22,7 @@ class DataConfig:
     store: str = "demo.zarr"  # path or fsspec URL of a proui store
     train_split: str = "train"
     val_split: str = "val"  # skipped when the store has no such split
-    input: str = "lr_occluded"  # "lr_occluded" (the mission) or "lr" (clean thumbnails)
+    input: str = "lr_occluded"  # "lr_occluded" (occluded thumbnails, the task) or "lr" (clean thumbnails)
     batch_size: int = 4  # the reference's default
     workers: int = 0  # DataLoader worker processes (spawned)
     shuffle_shards: int = 8
@@ -69,8 +69,9 @@ class OptimConfig:
     lr_d: float = 1e-4
     # The reference declares (0.5, 0.9) but never passes them to Adam, so it trained with torch's (0.9, 0.999).
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"  # "constant" | "cosine" | "step"
+    schedule: str = "constant"  # "constant" | "cosine" | "step" | "wsd"
     step_every: int = 0  # for "step": halve the learning rates every this many steps
+    decay_steps: int = 0  # for "wsd": linear decay to 0 over the last this many steps
     warmup: int = 0
     grad_clip: float = 10.0  # 0: off
     ema_decay: float = 0.999
@@ -123,8 +124,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.prior: {cfg.model.prior!r} is not learned or fan")
     if cfg.model.prior == "fan" and not cfg.model.fan_weights:
         raise ConfigError("model.prior = 'fan' needs model.fan_weights (a local face-alignment FAN file)")
-    if cfg.optim.schedule not in ("constant", "cosine", "step"):
-        raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not constant, cosine or step")
+    if cfg.optim.schedule not in ("constant", "cosine", "step", "wsd"):
+        raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not constant, cosine, step or wsd")
     if cfg.steps < 1 or cfg.data.batch_size < 1:
         raise ConfigError("steps and data.batch_size must be >= 1")
     return cfg

@@ -20,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from proui_data.schema import HR_SIZE
+
 from .metrics import quality
+from .report import bicubic
 from .runtime import from_uint8, load_generator, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = 128) -> torch.Tensor:
+def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = HR_SIZE) -> torch.Tensor:
     """(B,68,h,w) heatmaps -> (B,68,2) HR-pixel coordinates (soft-argmax around the peak)."""
     b, k, h, w = heatmaps.shape
     flat = heatmaps.float().flatten(2)
@@ -90,9 +93,10 @@ def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(torch.cat([c[k] for c in chunks]).double().nanmean()) for k in keys}
 
 
-def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 100) -> dict[str, Any]:
+def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 100,
+                    limit: int | None = None) -> dict[str, Any]:
     hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
-    files = sorted(p.name for p in hr_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    files = sorted(p.name for p in hr_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:limit]
     chunks, ids, nmes = [], [], []
     for i in range(0, len(files), batch):
         names = files[i:i + batch]
@@ -149,7 +153,7 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
             lr = torch.from_numpy(g[inp][sl][r]).permute(0, 3, 1, 2).float()
             mask = torch.from_numpy(g["occlusion_mask"][sl][r]).float()[:, None] / 255 if has_mask else None
             if predict is None:
-                sr = F.interpolate(lr, size=128, mode="bicubic", align_corners=False).clamp(0, 255).round()
+                sr = bicubic(lr)
             else:
                 sr, points = predict(lr)
                 if points is not None:
@@ -170,7 +174,8 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
 
 
 def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
-             split: str = "test", device: str = "auto", identity: bool = True) -> dict[str, Any]:
+             split: str = "test", device: str = "auto", identity: bool = True, limit: int | None = None
+             ) -> dict[str, Any]:
     """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}."""
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
@@ -179,7 +184,7 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
         root = Path(benchmark)
         for name, (hr_dir, _) in FSRNET_SETS.items():
             if (root / hr_dir).is_dir():
-                results[name] = evaluate_fsrnet(root, name, predict, identity)
+                results[name] = evaluate_fsrnet(root, name, predict, identity, limit=limit)
     if store:
         results[f"store/{split}"] = evaluate_store(store, split, predict, identity)
     return results

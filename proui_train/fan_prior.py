@@ -9,11 +9,11 @@ from typing import Callable
 
 import torch
 
+from proui_data.fan import find_weights, load_fan
+
 
 def load_fan_heatmap_estimator(weights: str, device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
     """A frozen callable: faces (B,3,256,256) in [-1,1] -> FAN heatmaps (B,68,64,64)."""
-    from proui_data.fan import find_weights, load_fan
-
     net = load_fan(str(find_weights(weights)), str(device))
     for p in net.parameters():
         p.requires_grad_(False)

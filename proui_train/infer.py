@@ -49,7 +49,7 @@ def infer_paths(checkpoint: str, input_path: str, out_dir: str, device: str = "a
         except NoFace:
             rows.append({"input": str(f), "status": "skipped: no face found"})
             continue
-        sr, _ = predict(torch.from_numpy(np.ascontiguousarray(lr[None])).permute(0, 3, 1, 2).float())
+        sr, _ = predict(torch.from_numpy(np.array(lr[None])).permute(0, 3, 1, 2).float())  # a writable copy
         sr_img = sr[0].permute(1, 2, 0).byte().numpy()
         tiles = [cv2.resize(lr, (128, 128), interpolation=cv2.INTER_NEAREST), sr_img] + ([hr] if hr is not None else [])
         target = out / (f.stem + "_proui.png")

@@ -12,9 +12,11 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from proui_data.schema import HR_SIZE
+
 from .models.vgg import VGGFeatureExtractor
 
-HR_SIZES = (16, 32, 64, 128)
+HR_SIZES = (16, 32, 64, HR_SIZE)  # each stage's input and output resolutions
 
 
 def l2_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from proui_data.schema import HR_SIZE
+
 from .config import config_from_dict
 from .metrics import quality
 from .runtime import from_uint8, load_generator, to_uint8
@@ -43,7 +45,7 @@ def read_faces(store: str, split: str, n: int, input_name: str = "lr_occluded", 
             "mask": g["occlusion_mask"].get_orthogonal_selection((rows,)) if has_mask else None}
 
 
-def bicubic(lr: torch.Tensor, size: int = 128) -> torch.Tensor:
+def bicubic(lr: torch.Tensor, size: int = HR_SIZE) -> torch.Tensor:
     """(B,3,16,16) 0..255 -> (B,3,size,size) 0..255, rounded: the baseline every model must beat."""
     return F.interpolate(lr.float(), size=size, mode="bicubic", align_corners=False).clamp(0, 255).round()
 
@@ -109,7 +111,7 @@ def picture_grid(models: list[str], store: str, split: str, out: str | Path, n: 
 
     faces = read_faces(store, split, n, input_name, start)
     lr, hr = _nchw(faces["lr"]), _nchw(faces["hr"])
-    columns = [F.interpolate(lr, size=128, mode="nearest"), bicubic(lr)]
+    columns = [F.interpolate(lr, size=HR_SIZE, mode="nearest"), bicubic(lr)]
     columns += [hallucinate(load_generator(m), lr) for m in models]
     columns.append(hr)
     tiles = torch.cat(columns, dim=3)  # (n, 3, 128, 128 * columns)

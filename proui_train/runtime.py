@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, TrainConfig, config_from_dict
+from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
 
@@ -71,12 +72,3 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", use_ema
     g.load_state_dict(state)
     return g.to(device).eval()
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) in [-1,1] -> 0..255 float, rounded like a saved PNG."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
-
-
-def from_uint8(x: torch.Tensor) -> torch.Tensor:
-    """0..255 (any dtype) -> float in [-1, 1]: the one conversion between stored pixels and the model's range."""
-    return x.float() / 127.5 - 1.0

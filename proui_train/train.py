@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import zarr
 
+from proui_data.schema import HR_SIZE
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import DeviceBatcher, StoreDataset, make_loader
@@ -219,7 +221,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
                 with torch.no_grad():
                     lr_in, hr = batch[cfg.data.input][:4], batch["hr"][:4]
                     sr = trainer.ema(lr_in)["final"]
-                grid = torch.cat([F.interpolate(lr_in.float(), size=128, mode="nearest"), sr.float(), hr.float()], 3)
+                grid = torch.cat([F.interpolate(lr_in.float(), size=HR_SIZE, mode="nearest"), sr.float(), hr.float()], 3)
                 writer.add_images("lr_ema_hr", (grid.clamp(-1, 1) + 1) / 2, step)
             if validating and step % cfg.val_every == 0:
                 record({**validate(trainer.ema, cfg, device, "val"),

@@ -16,7 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from proui_data.heatmaps import render_heatmaps_torch
+from proui_data.schema import HR_SIZE
+from proui_train.targets import render_heatmaps_torch
 
 from .augment import flip_batch
 from .config import TrainConfig
@@ -37,9 +38,13 @@ def loss_weights(cfg: TrainConfig) -> StageLossWeights:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier at `step`: linear warm-up, then constant, cosine or step decay."""
+    """Learning-rate multiplier at `step`: linear warm-up, then constant, cosine, step decay, or "wsd"
+    (warm-up, stable, decay: constant, then linear to 0 over the last `decay_steps`; a run can be extended
+    before its decay starts)."""
     o = cfg.optim
     warm = min(1.0, (step + 1) / o.warmup) if o.warmup else 1.0
+    if o.schedule == "wsd" and o.decay_steps:
+        return warm * min(1.0, max(cfg.steps - step, 0) / o.decay_steps)
     if o.schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
     if o.schedule == "step" and o.step_every:
@@ -56,7 +61,9 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters (one fused call); buffers copied."""
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+    buffers = list(ema.buffers())
+    if buffers:  # models without norm statistics have none, and _foreach ops refuse empty lists
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def all_finite(*losses: torch.Tensor) -> bool:
@@ -82,7 +89,7 @@ def weights_sha256(*modules: nn.Module) -> str:
     return h.hexdigest()
 
 
-def local_crop_corners(mask: torch.Tensor | None, batch: int, size: int = 128, crop: int = LOCAL_CROP,
+def local_crop_corners(mask: torch.Tensor | None, batch: int, size: int = HR_SIZE, crop: int = LOCAL_CROP,
                        device: torch.device | str = "cpu") -> torch.Tensor:
     """(B,2) integer (x, y) top-left corners of `crop`-pixel squares centred on each sample's occlusion
     (the mask's centroid; the face centre where a sample has no occlusion), kept inside the image."""
@@ -108,7 +115,7 @@ class StageHeatmaps(nn.Module):
 
     def forward(self, landmarks: torch.Tensor) -> dict[int, torch.Tensor]:
         return {size: render_heatmaps_torch(landmarks.index_select(1, getattr(self, f"index{i}")), size=size,
-                                            sigma=sigma, hr_size=128)
+                                            sigma=sigma, hr_size=HR_SIZE)
                 for i, (size, sigma) in enumerate(zip(self.sizes, self.sigmas))}
 
 
@@ -155,7 +162,7 @@ class ProUIGANTrainer:
         return [self.discriminator] + ([self.local_discriminator] if self.local_discriminator is not None else [])
 
     def describe(self) -> str:
-        return (f"{self.cfg.model.arch} generator {count_parameters(self.generator)} parameters, discriminators "
+        return (f"generator ({self.cfg.model.arch}) {count_parameters(self.generator)} parameters, discriminators "
                 + ", ".join(str(count_parameters(d)) for d in self.discriminators))
 
     def _load_vgg(self):

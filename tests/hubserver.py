@@ -216,6 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
             objects.append(entry)
         self._send(200, {"transfer": "basic", "objects": objects})
 
+    def lfs_batch_model(self, hub, body, query, repo_id):
+        """Model repos have no type prefix in their git URL: `/{repo}.git/...`."""
+        return self.lfs_batch(hub, body, query, "models", repo_id)
+
     def lfs_upload(self, hub, body, query, oid):
         if hashlib.sha256(body).hexdigest() != oid:
             return self._error(400, "sha256 mismatch")
@@ -282,6 +286,7 @@ ROUTES = [
     ("GET", rf"/api/(datasets|models)/{_REPO}/tree/([^/]+)", _Handler.tree),
     ("POST", rf"/api/(datasets|models)/{_REPO}/preupload/([^/]+)", _Handler.preupload),
     ("POST", rf"/(datasets|models)/{_REPO}\.git/info/lfs/objects/batch", _Handler.lfs_batch),
+    ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", _Handler.lfs_batch_model),
     ("PUT", r"/lfs-upload/([0-9a-f]{64})", _Handler.lfs_upload),
     ("POST", r"/lfs-verify", _Handler.lfs_verify),
     ("POST", rf"/api/(datasets|models)/{_REPO}/commit/([^/]+)", _Handler.commit),

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from hubserver import HubServer
 from proui_data import card
-from proui_data.publish import PublishError, parse_size, publish, publish_command
+from proui_data.cli import publish_command
+from proui_data.publish import PublishError, parse_size, publish
 from storefactory import write_store
 
 
@@ -320,3 +321,31 @@ def test_missing_token_says_where_to_put_one(demo_store, monkeypatch, tmp_path):
         publish(demo_store, "org/faces")
     with pytest.raises(PublishError, match="ORG/NAME"):
         publish(demo_store, "not a repo", dry_run=tmp_path / "x")
+
+
+@hub_warning
+def test_model_release_publishes_to_local_hub_like_its_dry_run(local_hub, tmp_path):
+    """`proui-train publish`: a release folder goes to a Hub *model* repo, byte for byte as the dry run
+    copies it, and the token appears nowhere."""
+    import torch
+
+    from proui_train.cli import main as train_cli
+    from proui_train.config import load_config
+    from proui_train.models import ProUIGAN, ProUIGANConfig
+    from proui_train.release import save_release
+
+    torch.manual_seed(0)
+    folder = save_release(tmp_path / "release", ProUIGAN(ProUIGANConfig(residual=True)).eval(),
+                          load_config(None), "# card\n", {"step": 0})
+    dry = tmp_path / "dry"
+    r1 = CliRunner().invoke(train_cli, ["publish", str(folder), "--repo", "org/model", "--dry-run", str(dry)])
+    r2 = CliRunner().invoke(train_cli, ["publish", str(folder), "--repo", "org/model", "--private"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    repo = local_hub.repo("org/model", "model")
+    assert repo.private and repo.repo_type == "model"
+    expected = {p.name: p.read_bytes() for p in dry.iterdir()}
+    assert set(expected) == {"README.md", "config.json", "model.safetensors"} and repo.files == expected
+    assert local_hub.token not in r1.output + r2.output
+    # and what was uploaded loads back as the same network
+    back = ProUIGAN.from_pretrained(str(dry))
+    assert back.config.residual is True

@@ -172,3 +172,25 @@ def test_report_draws_curves_and_grid(demo_store, tmp_path):
 
     assert cv2.imread(str(tmp_path / "r.png")) is not None
     assert cv2.imread(str(tmp_path / "g.png")).shape == (256, 128 * 4, 3)  # input | bicubic | run | truth
+
+
+def test_gpu_benchmark_runs_tiny_on_cpu(demo_store, tmp_path):
+    """benchmarks/gpu.py end to end at toy size, so the GPU script cannot rot between GPU sessions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.json"
+    bench = root.parent / "shared" / "data" / "benchmark" / "fsrnet"
+    cmd = [sys.executable, str(root / "benchmarks" / "gpu.py"), "--tiny", "--data", demo_store, "--out", str(out),
+           "--run-dir", str(tmp_path / "run")] + (["--benchmark", str(bench)] if bench.is_dir() else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["eager_bf16"]["samples_per_s"] > 0 and 0 <= report["eager_bf16"]["loader_wait"] < 1
+    # bf16 autocast changes the step's loss by well under 1 %
+    assert report["precision"]["max_relative_difference"] < 0.01
+    assert report["train"]["steps"] == 2
+    if bench.is_dir():
+        assert report["fsrnet"]["model"]["celeba"]["n"] == 8 and report["fsrnet"]["bicubic"]["celeba"]["n"] == 8

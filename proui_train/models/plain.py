@@ -16,8 +16,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .blocks import ConvNormAct, ResidualBlock, count_parameters, init_weights
-from .pro_uigan import HUB_METADATA, ProUIGANConfig, UpsampleBlock, as_config, bicubic_x2
+from .blocks import ConvNormAct, ResidualBlock, init_weights
+from .pro_uigan import HUB_METADATA, Progressive, ProUIGANConfig, UpsampleBlock, as_config, bicubic_x2
 
 
 class PlainStage(nn.Module):
@@ -31,14 +31,7 @@ class PlainStage(nn.Module):
             nn.Conv2d(width, 3, 3, 1, 1),
             nn.Tanh(),
         )
-        self.upsample = UpsampleBlock(
-            0,
-            channels=config.up_channels,
-            kernel_size=up_kernel_size,
-            res_blocks=config.res_blocks,
-            norm=config.norm,
-            align_corners=config.align_corners,
-        )
+        self.upsample = UpsampleBlock.from_config(0, up_kernel_size, config)
         self.residual = config.residual
 
     def forward(self, face: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -49,7 +42,7 @@ class PlainStage(nn.Module):
         return {"face": refined_face, "out": out}
 
 
-class PlainProgressive(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
+class PlainProgressive(Progressive, PyTorchModelHubMixin, **HUB_METADATA):
     """lr (B,3,16,16) in [-1, 1] -> (B,3,128,128) through three plain stages; the same output dict as
     `ProUIGAN` without the heatmap entries: {"stages": [{"face", "out"}, ...], "final"}."""
 
@@ -59,20 +52,3 @@ class PlainProgressive(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
         self.stages = nn.ModuleList(PlainStage(k, config, width, blocks) for k in config.up_kernel_sizes)
         if config.init_std is not None:
             init_weights(self, config.init_std, config.init_bias_std)
-
-    def forward(self, lr: torch.Tensor) -> dict:
-        size = self.config.input_size
-        if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[-2:] != (size, size):
-            raise ValueError(f"lr must have shape (B, 3, {size}, {size}), got {tuple(lr.shape)}")
-        stages, face = [], lr
-        for stage in self.stages:
-            outputs = stage(face)
-            stages.append(outputs)
-            face = outputs["out"]
-        return {"stages": stages, "final": face}
-
-    def parameter_counts(self) -> dict[str, int]:
-        counts = {f"stage{s}/{part}": count_parameters(getattr(stage, part))
-                  for s, stage in enumerate(self.stages, 1) for part in ("refine", "upsample")}
-        counts["total"] = count_parameters(self)
-        return counts

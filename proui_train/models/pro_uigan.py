@@ -288,6 +288,11 @@ class UpsampleBlock(nn.Module):
             nn.Tanh(),
         )
 
+    @classmethod
+    def from_config(cls, heatmap_channels: int, kernel_size: int, config: "ProUIGANConfig") -> "UpsampleBlock":
+        return cls(heatmap_channels, channels=config.up_channels, kernel_size=kernel_size,
+                   res_blocks=config.res_blocks, norm=config.norm, align_corners=config.align_corners)
+
     def forward(self, face: torch.Tensor, heatmaps: torch.Tensor | None = None) -> torch.Tensor:
         x = self.fuse(face if heatmaps is None else torch.cat([face, heatmaps], dim=1))  # (B, 64, S, S)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=self.align_corners)  # (B, 64, 2S, 2S)
@@ -382,14 +387,7 @@ class ProUIStage(nn.Module):
             symmetric=config.symmetric_attention,
             norm=config.norm,
         )
-        self.upsample = UpsampleBlock(
-            n,
-            channels=config.up_channels,
-            kernel_size=up_kernel_size,
-            res_blocks=config.res_blocks,
-            norm=config.norm,
-            align_corners=config.align_corners,
-        )
+        self.upsample = UpsampleBlock.from_config(n, up_kernel_size, config)
         self.residual = config.residual
 
     def forward(self, face: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -399,6 +397,34 @@ class ProUIStage(nn.Module):
         if self.residual:
             out = out + bicubic_x2(face)
         return {"face": refined_face, "heatmaps": refined_heatmaps, "prior": prior, "out": out}
+
+
+class Progressive(nn.Module):
+    """The progressive frame both generators share: lr (B,3,16,16) through `self.stages`, each doubling
+    the resolution and feeding its "out" to the next -> {"stages": [per-stage dicts], "final": (B,3,128,128)}."""
+
+    config: "ProUIGANConfig"
+    stages: nn.ModuleList
+
+    def forward(self, lr: torch.Tensor) -> dict:
+        size = self.config.input_size
+        if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[-2:] != (size, size):
+            raise ValueError(f"lr must have shape (B, 3, {size}, {size}), got {tuple(lr.shape)}")
+        stages = []
+        face = lr
+        for stage in self.stages:
+            outputs = stage(face)
+            stages.append(outputs)
+            face = outputs["out"]
+        return {"stages": stages, "final": face}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per stage and part ({'stage1/refine': ..., 'stage1/upsample': ..., ..., 'total': ...})."""
+        parts = ("prior", "refine", "upsample")
+        counts = {f"stage{s}/{part}": count_parameters(getattr(stage, part))
+                  for s, stage in enumerate(self.stages, 1) for part in parts if hasattr(stage, part)}
+        counts["total"] = count_parameters(self)
+        return counts
 
 
 HUB_METADATA = dict(library_name="proui", tags=["face-hallucination", "super-resolution"],
@@ -412,7 +438,7 @@ def as_config(config: ProUIGANConfig | Mapping[str, Any] | None) -> ProUIGANConf
     return ProUIGANConfig.from_dict(config)
 
 
-class ProUIGAN(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
+class ProUIGAN(Progressive, PyTorchModelHubMixin, **HUB_METADATA):
     """Pro-UIGAN generator: lr (B,3,16,16) in [-1, 1] -> three progressive stages -> (B,3,128,128).
 
     `save_pretrained` / `from_pretrained` (a folder or a Hub id) / `push_to_hub` come from huggingface_hub's
@@ -438,25 +464,3 @@ class ProUIGAN(nn.Module, PyTorchModelHubMixin, **HUB_METADATA):
         )
         if config.init_std is not None:
             init_weights(self, config.init_std, config.init_bias_std)
-
-    def forward(self, lr: torch.Tensor) -> dict:
-        size = self.config.input_size
-        if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[-2:] != (size, size):
-            raise ValueError(f"lr must have shape (B, 3, {size}, {size}), got {tuple(lr.shape)}")
-        stages = []
-        face = lr
-        for stage in self.stages:
-            outputs = stage(face)
-            stages.append(outputs)
-            face = outputs["out"]
-        return {"stages": stages, "final": face}
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters per stage and part: {'stage1/prior': ..., 'stage1/refine': ..., 'stage1/upsample': ...,
-        ..., 'total': ...}."""
-        counts = {}
-        for s, stage in enumerate(self.stages, 1):
-            for part in ("prior", "refine", "upsample"):
-                counts[f"stage{s}/{part}"] = count_parameters(getattr(stage, part))
-        counts["total"] = count_parameters(self)
-        return counts
