@@ -1,4 +1,4 @@
-"""Cross-modal attention options (issue #6): heads, 1/sqrt(d) scaling and normalisation, measured.
+"""Cross-modal attention options: heads, 1/sqrt(d) scaling and normalisation, measured, to choose the defaults.
 
 Trains Pro-UIGAN once per setting with the same seed, steps and batch on a store's `train` split (through
 `proui_train.train.train`, config = `pipelines/train/default.toml` + overrides), then evaluates each final

@@ -9,7 +9,8 @@ warm-up epoch, then timed epochs with persistent workers).
 
     OMP_NUM_THREADS=1 python benchmarks/loader.py [--n 2048] [--batch-size 64] [--workdir /tmp/proui-loader-bench]
 
-Issue #5 goals: ours (2 workers) >= 5x the PNG folder, >= 1.5x HF datasets, >= 5,000 samples/s.
+Targets, so that loading never starves a trainer: ours (2 workers) >= 5x the PNG folder, >= 1.5x HF datasets,
+>= 5,000 samples/s.
 Extra rows: ours with 0 workers (in-process, shard reads in threads: no inter-process hand-over) and ours
 without heatmaps (the heaviest array, 77% of the bytes, which a trainer can render on the device from
 landmarks instead).

@@ -17,7 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-HR_SIZE = 128
+from .schema import HR_SIZE
+
 TEMPLATE_5 = np.array(
     [[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]], dtype=np.float64
 )

@@ -1,4 +1,4 @@
-"""`proui-data`: build, info, verify and preview sharded face stores."""
+"""`proui-data`: build, info, verify, preview and publish sharded face stores."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,17 @@ from pathlib import Path
 import click
 
 from . import __version__
+from . import store as st
+from .info import occlusion_histogram, skipped_lines
+from .interop import hub_split
+from .pipeline import StoreMismatch, plan_build, summarize
+from .preview import write_preview
+from .publish import DEFAULT_ROW_GROUP_ROWS, PublishError, parse_size, publish
+from .recipe import RecipeError, load_recipe, parse_recipe
+from .runner import ClusterError, ShardsFailed, check_url_for_cluster, run_plan
+from .schema import ALL_SPLITS, SPLITS
+from .sources import SOURCES, SourceError, get_source
+from .verify import verify_store
 
 
 def _fail(msg: str) -> None:
@@ -49,17 +60,17 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--source", "source_name", required=True, type=click.Choice(["celeba", "helen", "folder", "hf", "demo"]))
+@click.option("--source", "source_name", required=True, type=click.Choice(list(SOURCES)))
 @click.option("--root", type=click.Path(), help="Dataset folder (celeba, helen, folder).")
 @click.option("--name", "hf_name", help="Hugging Face dataset: hub id or save_to_disk folder (--source hf).")
 @click.option("--out", required=True, help="Output store: a path or an fsspec URL.")
 @click.option("--recipe", "recipe_path", type=click.Path(), help="Recipe TOML (default: pipelines/<source>.toml).")
-@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
-@click.option("--limit", type=int, help="Only the first N samples of each split.")
-@click.option("--workers", type=int, default=1, show_default=True,
+@click.option("--split", default=ALL_SPLITS, show_default=True, type=click.Choice([*SPLITS, ALL_SPLITS]))
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N samples of each split.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Dask LocalCluster worker processes (0: run in this process).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:PORT) instead of --workers.")
-@click.option("--retries", type=int, default=2, show_default=True,
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Reruns of a shard task that raised (a worker that dies is handled by the scheduler).")
 @storage_options_option
 @click.option("--seed", type=int, help="Override the recipe's seed.")
@@ -71,17 +82,6 @@ def main(verbose: bool) -> None:
 def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, retries, storage_options,
           seed, occlusion_seed, occluders, overwrite, no_progress):
     """Build a store from a source. Rerunning the same command resumes a killed build."""
-    from .pipeline import StoreMismatch, plan_build, summarize
-    from .recipe import RecipeError, load_recipe, parse_recipe
-    from .runner import ClusterError, ShardsFailed, check_url_for_cluster, run_plan
-    from .sources import SourceError, get_source
-
-    if limit is not None and limit < 1:
-        _fail("--limit must be >= 1")
-    if workers < 0:
-        _fail("--workers must be >= 0")
-    if retries < 0:
-        _fail("--retries must be >= 0")
     _check_storage_options(out, storage_options)
     # Workers may run elsewhere, in another working directory: give them absolute paths.
     root = str(Path(root).resolve()) if root else root
@@ -107,6 +107,9 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     unassigned = plan.source.describe().get("unassigned_images")
     if unassigned:
         click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
+    skipped = skipped_lines(_attrs(out, storage_options))
+    for line in skipped:
+        click.echo(line)
     try:
         run = run_plan(plan, workers=workers, scheduler=scheduler, progress=not no_progress,
                        storage_options=storage_options, retries=retries)
@@ -120,6 +123,12 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     for s, c in totals.items():
         rej = ", ".join(f"{k}: {v}" for k, v in c["rejects"].items()) or "none"
         click.echo(f"  {s}: {c['valid']}/{c['samples']} valid; rejected: {rej}")
+    if skipped:
+        click.echo("  " + skipped[0])
+
+
+def _attrs(url: str, storage_options: dict | None) -> dict:
+    return dict(st.open_root(url, mode="r", storage_options=storage_options).attrs)
 
 
 @main.command()
@@ -128,9 +137,6 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
 @storage_options_option
 def info(store_url, as_json, storage_options):
     """Schema, counts, reject reasons and recipe of a store."""
-    from . import store as st
-    from .pipeline import summarize
-
     try:
         root = st.open_root(store_url, mode="r", storage_options=storage_options)
     except Exception as e:  # noqa: BLE001
@@ -148,6 +154,8 @@ def info(store_url, as_json, storage_options):
         return
     click.echo(f"store {store_url}  format {attrs.get('proui_format')}  source {attrs.get('source', {}).get('name')}"
                f"  seed {attrs.get('seed')}  fingerprint {attrs.get('fingerprint')}")
+    for line in skipped_lines(attrs):
+        click.echo(line)
     for s, c in counts.items():
         click.echo(f"[{s}] {c['valid']}/{c['samples']} valid, shards {c['shards_done']}/{c['shards']} finished")
         for reason, k in c["rejects"].items():
@@ -156,8 +164,6 @@ def info(store_url, as_json, storage_options):
             click.echo(f"    {a:18s} {str(tuple(d['shape'])):22s} {d['dtype']:8s} shard {d['shard'][0]} chunk {d['chunk'][0]}")
         g = root[s]
         if "occlusion_kind" in g.array_keys():
-            from .info import occlusion_histogram
-
             click.echo(occlusion_histogram(g))
     click.echo("recipe: " + json.dumps(attrs.get("recipe"), sort_keys=True))
 
@@ -167,8 +173,6 @@ def info(store_url, as_json, storage_options):
 @storage_options_option
 def verify(store_url, storage_options):
     """Read every shard and check shapes, value ranges and landmarks; exit 1 on damage."""
-    from .verify import verify_store
-
     _check_storage_options(store_url, storage_options)
     problems, counts = verify_store(store_url, storage_options)
     for s, c in counts.items():
@@ -189,8 +193,6 @@ def verify(store_url, storage_options):
 @storage_options_option
 def preview(store_url, out, n, split, storage_options):
     """Write a PNG grid of HR / LR / landmarks (and priors and occlusions when present)."""
-    from .preview import write_preview
-
     try:
         w, h = write_preview(store_url, out, n, split, storage_options)
     except (ValueError, OSError, KeyError) as e:
@@ -198,9 +200,49 @@ def preview(store_url, out, n, split, storage_options):
     click.echo(f"wrote {out} ({w}x{h})")
 
 
-from .publish import publish_command  # noqa: E402
+def _byte_size(ctx, param, value: str) -> int:
+    """--max-file-size: bytes from e.g. 500MB."""
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
-main.add_command(publish_command)
+
+@main.command("publish")
+@click.argument("store_url")
+@click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="Hub dataset repository.")
+@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "zarr"]), default="parquet", show_default=True,
+              help="parquet: a datasets-loadable repository; zarr: the store's own files.")
+@click.option("--config", help="Config name (default: the store's source name).")
+@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write exactly the files an upload would send into DIR; upload nothing.")
+@click.option("--with-heatmaps", is_flag=True, help="Add the heatmaps column (Array3D; they render from landmarks).")
+@click.option("--include-rejected", is_flag=True, help="Publish rejected samples too (valid=False, reject_reason).")
+@click.option("--license", "license_id", help="Hub license identifier (default: from the source's terms).")
+@click.option("--force", is_flag=True, help="Publish even with a license that contradicts the source's terms.")
+@click.option("--max-file-size", default="500MB", show_default=True, callback=_byte_size,
+              help="Target parquet file size (e.g. 500MB).")
+@click.option("--row-group-size", type=click.IntRange(min=1), default=DEFAULT_ROW_GROUP_ROWS, show_default=True,
+              help="Rows per parquet row group (fewer with --with-heatmaps, to bound memory).")
+def publish_command(store_url, repo_id, private, fmt, config, dry_run, with_heatmaps, include_rejected, license_id,
+                    force, max_file_size, row_group_size):
+    """Publish a store as a Hugging Face dataset (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)."""
+    try:
+        result = publish(store_url, repo_id, fmt=fmt, dry_run=dry_run, private=private, config=config,
+                         with_heatmaps=with_heatmaps, include_rejected=include_rejected, license_id=license_id,
+                         force=force, max_file_bytes=max_file_size, row_group_rows=row_group_size)
+    except PublishError as e:
+        _fail(str(e))
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    total = sum(result.files.values())
+    rows = ", ".join(f"{hub_split(s)}={n}" for s, n in result.rows.items())
+    where = f"to {dry_run}" if dry_run else f"to {repo_id}"
+    verb = "wrote" if dry_run else "uploaded"
+    click.echo(f"{verb} {len(result.files)} files ({total / 1e6:.1f} MB; rows {rows}) {where}")
+    if not dry_run:
+        click.echo(f"commit: {result.url}")
 
 if __name__ == "__main__":
     main()

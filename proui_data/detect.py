@@ -4,8 +4,10 @@ The offline default is dlib's 68-point shape predictor (iBUG 300-W scheme) with 
 `face_recognition_models` package installs from the registry. Its face box comes from a fallback chain,
 each stage tried only when the ones before found nothing:
 
-  dlib-hog       HOG frontal detector at the recipe's upsample level
-  dlib-hog-upN   HOG one pyramid level up (N = upsample + 1), only on small images
+  dlib-hog       HOG frontal detector at the recipe's upsample level, or (search = "min-face") on a copy
+                 scaled so that the smallest accepted face just fills HOG's window (`search_scale`)
+  dlib-hog-upN   HOG one pyramid level up (N = upsample + 1), only on small images (not with "min-face":
+                 its copy already reaches the smallest accepted face)
   dlib-mmod      dlib's MMOD CNN detector on a reduced image (about 1 s on one core, so only for misses)
   opencv-haar    OpenCV's frontal Haar cascade, where the OpenCV build ships it (OpenCV 5 wheels do not)
   dlib-prior-box the source's expected face box (aligned sources such as CelebA)
@@ -29,9 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .fan import landmarker
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
 
-BACKENDS = ("auto", "annotation", "dlib", "face-alignment")
 # A HOG miss is retried one pyramid level up only when the upsampled image stays this small (cost ~4x).
 UPSAMPLE_MAX_SIDE = 1024
 # MMOD runs on the image reduced to this long side (1-2 s on one core). It needs faces of ~50-60 px at that
@@ -46,6 +49,12 @@ BOX_TO_HOG = {
     "dlib-mmod": (0.0451, 0.0694, 0.9871),
     "opencv-haar": (0.0063, 0.0724, 0.8905),
 }
+# dlib's frontal HOG detector scans an 80x80 window, so it finds no face box under ~72-80 px. Its boxes are
+# HOG_BOX_PER_EYE x the eye-centre distance (median over 379 Helen-test and 190 wild faces, IQR 2.25-2.6).
+HOG_WINDOW = 80
+HOG_BOX_PER_EYE = 2.4
+# The "min-face" search never enlarges more than HOG one pyramid level up (upsample = 1) would.
+MAX_SEARCH_SCALE = 2.0
 # The largest face wins among detections (HOG, MMOD) scoring at least this fraction of the best one: keeps weak
 # false positives (a patch on a suit) from beating a real face; on Helen trainset it picks the annotated
 # face in 812 of 844 photos (largest alone: 807).
@@ -186,6 +195,31 @@ def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
     return _largest_first([(r.left(), r.top(), r.right(), r.bottom()) for r in rects], scores)
 
 
+def search_scale(min_eye_distance: float) -> float:
+    """Scale of the copy HOG searches so that a face with eyes `min_eye_distance` px apart fills its window."""
+    if min_eye_distance <= 0:
+        return MAX_SEARCH_SCALE
+    return min(MAX_SEARCH_SCALE, HOG_WINDOW / (HOG_BOX_PER_EYE * min_eye_distance))
+
+
+def hog_boxes_scaled(rgb: np.ndarray, scale: float) -> list[Box]:
+    """dlib HOG face boxes found on a copy of `rgb` resized by `scale`, in `rgb`'s pixels, largest first."""
+    import cv2
+
+    rgb = _checked(rgb)
+    if abs(scale - 1.0) < 1e-6:
+        return hog_boxes(rgb, 0)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    copy = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=interpolation)
+    sx, sy = copy.shape[1] / rgb.shape[1], copy.shape[0] / rgb.shape[0]  # exact, after rounding the size
+    detector, _ = _dlib_models()
+    rects, scores, _ = detector.run(copy, 0, 0.0)
+    # pixel centres map as x_copy = s * x + (s - 1) / 2
+    boxes = [((r.left() - (sx - 1) / 2) / sx, (r.top() - (sy - 1) / 2) / sy,
+              (r.right() - (sx - 1) / 2) / sx, (r.bottom() - (sy - 1) / 2) / sy) for r in rects]
+    return _largest_first(boxes, scores)
+
+
 def mmod_boxes(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> list[Box]:
     """dlib MMOD CNN face boxes (raw framing, in `rgb`'s pixels), largest first; run on a reduced copy."""
     import cv2
@@ -212,17 +246,15 @@ def haar_boxes(rgb: np.ndarray) -> list[Box] | None:
     return _largest_first([(float(x), float(y), float(x + w - 1), float(y + h - 1)) for x, y, w, h in found])
 
 
-def detect_faces(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
-    """HOG face boxes, largest first (the first stage alone)."""
-    return hog_boxes(rgb, upsample)
+def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: float | None = None) -> Detection | None:
+    """The first chain stage that finds a face (see module docstring), boxes in HOG framing; None if none does.
 
-
-def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True) -> Detection | None:
-    """The first chain stage that finds a face (see module docstring), boxes in HOG framing; None if none does."""
-    boxes = hog_boxes(rgb, upsample)
+    `scale`: search HOG on a copy resized by it (`search_scale`) instead of at `upsample` pyramid levels.
+    """
+    boxes = hog_boxes(rgb, upsample) if scale is None else hog_boxes_scaled(rgb, scale)
     if boxes or not fallback:
         return Detection(boxes, "dlib-hog") if boxes else None
-    if max(rgb.shape[:2]) * 2 ** (upsample + 1) <= UPSAMPLE_MAX_SIDE:
+    if scale is None and max(rgb.shape[:2]) * 2 ** (upsample + 1) <= UPSAMPLE_MAX_SIDE:
         boxes = hog_boxes(rgb, upsample + 1)
         if boxes:
             return Detection(boxes, f"dlib-hog-up{upsample + 1}")
@@ -242,20 +274,11 @@ def predict_in_box(rgb: np.ndarray, box: Box) -> np.ndarray:
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
-def landmark_backend(value: str, has_annotation: bool = False) -> str:
-    """The backend a recipe's `detect.landmarks` value uses for one sample: annotation, dlib or face-alignment."""
-    if value not in BACKENDS:
-        raise ValueError(f"detect.landmarks: {value!r} is not one of {', '.join(BACKENDS)}")
-    if value == "auto":
-        return "annotation" if has_annotation else "dlib"
-    return value
-
-
 def _find_box(rgb: np.ndarray, upsample: int, prior_box: Box | None, given_box: Box | None,
-              fallback: bool) -> tuple[Box, str, int]:
+              fallback: bool, scale: float | None = None) -> tuple[Box, str, int]:
     if given_box is not None:
         return tuple(given_box), "given-box", 1
-    found = detect(rgb, upsample, fallback)
+    found = detect(rgb, upsample, fallback, scale)
     if found is not None:
         return found.boxes[0], found.stage, len(found.boxes)
     if prior_box is not None:
@@ -270,17 +293,20 @@ def _source(backend: str, stage: str) -> str:
 
 
 def locate_face(rgb: np.ndarray, upsample: int = 0, prior_box: Box | None = None,
-                given_box: Box | None = None, backend: str = "dlib", fallback: bool = True) -> Located:
+                given_box: Box | None = None, backend: str = "dlib", fallback: bool = True,
+                scale: float | None = None) -> Located:
     """The largest face's 68 landmarks. Box from: a given (annotated) box, the detector chain, the prior box.
 
-    `backend` is "dlib" (shape predictor) or "face-alignment" (2D FAN, proui_data.fan). Raises NoFace.
+    `backend` is "dlib" (shape predictor) or "face-alignment" (2D FAN, proui_data.fan); either runs on the full
+    image, whatever `scale` the detector searched at. Raises NoFace.
     """
-    return locate_faces([rgb], upsample, [prior_box], [given_box], backend, fallback)[0]
+    return locate_faces([rgb], upsample, [prior_box], [given_box], backend, fallback, [scale])[0]
 
 
 def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
                  prior_boxes: Sequence[Box | None] | None = None, given_boxes: Sequence[Box | None] | None = None,
-                 backend: str = "dlib", fallback: bool = True) -> list[Located | NoFace]:
+                 backend: str = "dlib", fallback: bool = True,
+                 scales: Sequence[float | None] | None = None) -> list[Located | NoFace]:
     """`locate_face` on many images; the face-alignment backend runs one batched forward for all of them.
 
     Raises NoFace for the first image without a face when there is one image; otherwise that image's
@@ -291,10 +317,11 @@ def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
     n = len(images)
     prior_boxes = list(prior_boxes) if prior_boxes is not None else [None] * n
     given_boxes = list(given_boxes) if given_boxes is not None else [None] * n
+    scales = list(scales) if scales is not None else [None] * n
     found: list[tuple[Box, str, int] | NoFace] = []
-    for rgb, prior, given in zip(images, prior_boxes, given_boxes):
+    for rgb, prior, given, scale in zip(images, prior_boxes, given_boxes, scales):
         try:
-            found.append(_find_box(rgb, upsample, prior, given, fallback))
+            found.append(_find_box(rgb, upsample, prior, given, fallback, scale))
         except NoFace as e:
             found.append(e)
     if n == 1 and isinstance(found[0], NoFace):
@@ -303,8 +330,6 @@ def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
     if backend == "dlib":
         marks = {i: predict_in_box(images[i], found[i][0]) for i in ok}
     else:
-        from .fan import landmarker
-
         pts = landmarker().predict([(images[i], found[i][0]) for i in ok])
         marks = dict(zip(ok, pts))
     return [f if isinstance(f, NoFace) else Located(marks[i], _source(backend, f[1]), f[2], f[0])

@@ -5,17 +5,14 @@ integer coordinates), the 68 iBUG points renumbered so that e.g. the jaw still r
 (point 0) to its right (point 16), heatmap channels permuted the same way, and parsing classes that name a side
 (viewer's side, see `proui_data.parsing`) swapped: 2 <-> 3 (brows), 4 <-> 5 (eyes).
 
-numpy versions act on one sample (or any leading batch axes); `flip_batch_torch` flips a chosen subset of a
-batch of torch tensors on their own device.
+These act on one numpy sample (or any leading batch axes); `proui_train.augment.flip_batch_torch` flips a
+chosen subset of a batch of torch tensors on their own device with the same tables.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from .schema import HR_SIZE
 
 
 def _flip_permutation_68() -> np.ndarray:
@@ -39,7 +36,7 @@ PARSING_FLIP: np.ndarray = np.array([0, 1, 3, 2, 5, 4, 6, 7, 8, 9, 10], dtype=np
 PARSING_FLIP.setflags(write=False)
 
 
-def flip_landmarks(landmarks: np.ndarray, width: int = 128) -> np.ndarray:
+def flip_landmarks(landmarks: np.ndarray, width: int = HR_SIZE) -> np.ndarray:
     """(..., 68, 2) landmarks in an image `width` pixels wide -> mirrored and renumbered. NaN stays NaN."""
     landmarks = np.asarray(landmarks)
     if landmarks.shape[-2:] != (68, 2):
@@ -87,61 +84,3 @@ def flip_sample(
         None if heatmaps is None else flip_heatmaps(heatmaps),
         None if mask is None else np.ascontiguousarray(np.asarray(mask)[..., ::-1]),
     )
-
-
-IMAGE_KEYS = ("hr", "lr", "lr_occluded")
-
-
-def flip_batch_torch(
-    batch: dict[str, "torch.Tensor"], which: "torch.Tensor", channels_last: bool = True, hr_size: int = 128
-) -> dict[str, "torch.Tensor"]:
-    """Mirror the samples of `batch` where `which` (B,) bool is True; returns a new dict.
-
-    Images `hr`, `lr`, `lr_occluded` are channels-last (B, H, W, C), the layout the loader delivers (uint8,
-    on device); pass `channels_last=False` for (B, C, H, W). `landmarks` (B, 68, 2) are in HR pixels of an
-    `hr_size`-wide crop, `heatmaps` (B, 68, h, w), `parsing` (B, H, W), `occlusion_mask` (B, H, W), and
-    `transform` (B, 2, 3) source -> HR (composed with the mirror so it still maps the source onto the flipped
-    crop). Other entries are passed through unchanged. Works on any device and dtype.
-    """
-    import torch
-
-    which = torch.as_tensor(which, dtype=torch.bool)
-    if which.ndim != 1:
-        raise ValueError(f"which must be a (B,) bool tensor, got shape {tuple(which.shape)}")
-    n = which.shape[0]
-    out = dict(batch)
-
-    def select(key: str, flipped: torch.Tensor) -> None:
-        x = batch[key]
-        if x.shape[0] != n:
-            raise ValueError(f"batch[{key!r}] has {x.shape[0]} samples, `which` has {n}")
-        w = which.to(x.device).view(n, *([1] * (x.ndim - 1)))
-        out[key] = torch.where(w, flipped, x)
-
-    for key in IMAGE_KEYS:
-        if key in batch:
-            select(key, batch[key].flip(-2 if channels_last else -1))
-    for key in ("occlusion_mask",):
-        if key in batch:
-            select(key, batch[key].flip(-1))
-    if "parsing" in batch:
-        p = batch["parsing"]
-        lut = torch.tensor(PARSING_FLIP.tolist(), device=p.device)
-        select("parsing", lut[p.flip(-1).long()].to(p.dtype))
-    if "heatmaps" in batch:
-        h = batch["heatmaps"]
-        perm = torch.tensor(FLIP_PERMUTATION_68.tolist(), device=h.device)
-        select("heatmaps", h.index_select(-3, perm).flip(-1))
-    if "landmarks" in batch:
-        lm = batch["landmarks"]
-        perm = torch.tensor(FLIP_PERMUTATION_68.tolist(), device=lm.device)
-        f = lm.index_select(-2, perm).clone()
-        f[..., 0] = (hr_size - 1) - f[..., 0]
-        select("landmarks", f)
-    if "transform" in batch:
-        t = batch["transform"]
-        f = t.clone()
-        f[..., 0, :] = -t[..., 0, :]
-        f[..., 0, 2] += hr_size - 1
-        select("transform", f)
-    return out

@@ -9,27 +9,25 @@ both fall inside heatmap pixel 0, whose centre is q = 0). `sigma` is in heatmap 
 Gaussian is the outer product of two 1-D ones, which keeps rendering at O(K * size) exponentials.
 
 The stored form is uint8 with peak amplitude 255 (`render_heatmaps`); the trainer renders float maps in [0, 1]
-on its own device at each progressive stage (`render_heatmaps_torch`). Both use the same formula, so a stored
-map divided by 255 matches the torch one to within rounding (1/510). A landmark with a NaN coordinate gives an
-all-zero map.
+on its own device at each progressive stage (`proui_train.targets.render_heatmaps_torch`). Both use the same
+formula, so a stored map divided by 255 matches the torch one to within rounding (1/510). A landmark with a
+NaN coordinate gives an all-zero map.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from .schema import HEATMAP_SIZE, HR_SIZE
 
-HR_SIZE = 128
-HEATMAP_SIZE = 64
 SIGMA = 1.5
 
 
-def _check_landmarks(shape: tuple[int, ...]) -> None:
+def check_render_args(shape: tuple[int, ...], size: int, sigma: float, hr_size: int) -> None:
+    """Raise ValueError unless landmarks of this shape can be rendered with these settings."""
     if len(shape) < 2 or shape[-1] != 2:
         raise ValueError(f"landmarks must have shape (..., K, 2), got {shape}")
+    if sigma <= 0 or size <= 0 or hr_size <= 0:
+        raise ValueError(f"need sigma, size, hr_size > 0, got {sigma}, {size}, {hr_size}")
 
 
 def render_heatmaps(
@@ -40,9 +38,7 @@ def render_heatmaps(
     Usually (68, 2) -> (68, 64, 64). NaN landmarks give all-zero maps.
     """
     landmarks = np.asarray(landmarks, dtype=np.float32)
-    _check_landmarks(landmarks.shape)
-    if sigma <= 0 or size <= 0 or hr_size <= 0:
-        raise ValueError(f"need sigma, size, hr_size > 0, got {sigma}, {size}, {hr_size}")
+    check_render_args(landmarks.shape, size, sigma, hr_size)
     if landmarks.ndim == 2:
         return _render_one(landmarks, size, sigma, hr_size)
     # One sample at a time: a whole-batch float intermediate is memory-bound and ~20x slower per sample.
@@ -65,28 +61,3 @@ def _render_one(landmarks: np.ndarray, size: int, sigma: float, hr_size: int) ->
     maps = gy[:, :, None] * gx[:, None, :]
     maps += 0.5  # values are >= 0, so truncation after +0.5 rounds half up
     return maps.astype(np.uint8)
-
-
-def render_heatmaps_torch(
-    landmarks: "torch.Tensor", size: int = HEATMAP_SIZE, sigma: float = SIGMA, hr_size: int = HR_SIZE
-) -> "torch.Tensor":
-    """(B, K, 2) landmarks in HR pixels -> (B, K, size, size) float heatmaps in [0, 1], peak 1.
-
-    Same geometry as `render_heatmaps`. Runs on the landmarks' device; the output dtype is the landmarks'
-    floating dtype (float32 for integer input). NaN landmarks give all-zero maps. Not meant to be differentiated.
-    """
-    import torch
-
-    _check_landmarks(tuple(landmarks.shape))
-    if sigma <= 0 or size <= 0 or hr_size <= 0:
-        raise ValueError(f"need sigma, size, hr_size > 0, got {sigma}, {size}, {hr_size}")
-    dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
-    with torch.no_grad():
-        q = (landmarks.to(dtype) + 0.5) * (size / hr_size) - 0.5
-        valid = torch.isfinite(q).all(-1, keepdim=True)
-        q = torch.where(valid, q, torch.zeros_like(q))
-        grid = torch.arange(size, device=landmarks.device, dtype=dtype)
-        g = torch.exp((grid - q[..., None]) ** 2 * (-0.5 / sigma**2))  # (..., K, 2, size)
-        gx = g[..., 0, :] * valid.to(dtype)
-        gy = g[..., 1, :]
-        return gy[..., :, None] * gx[..., None, :]

@@ -26,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-HR_SIZE = 128
+from .schema import HR_SIZE
+
 NUM_CLASSES = 11
 CLASS_NAMES = (
     "background", "skin", "left_brow", "right_brow", "left_eye", "right_eye",

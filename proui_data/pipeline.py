@@ -20,11 +20,14 @@ import numpy as np
 
 from . import align, store
 from .decode import DecodeError, decode_image
-from .degrade import DegradeConfig, degrade
+from .degrade import degrade
 from .detect import Located, NoFace, locate_face, locate_faces
+from .occlusion import Occlusion, OcclusionConfig, occlude
+from .priors import add_priors
 from .recipe import Recipe
-from .schema import Field, core_fields, occlusion_fields, prior_fields
+from .schema import ALL_SPLITS, HR_SIZE, Field, core_fields, occlusion_fields, prior_fields
 from .sources import Item, Source
+from .sources.base import skip_summary
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +143,7 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
     lm_hr = align.apply_transform(m, landmarks68).astype(np.float32)
 
     # degrade
-    d = recipe.degrade
-    degrade_cfg = DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality)
-    lr = degrade(hr, degrade_cfg, sample_rng(recipe.seed, item.key, "degrade"))
+    lr = degrade(hr, recipe.degrade, sample_rng(recipe.seed, item.key, "degrade"))
 
     row.update(
         hr=hr,
@@ -155,8 +156,6 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # priors
     if recipe.priors.enabled:
-        from .priors import add_priors
-
         add_priors(row, item, recipe.priors)
 
     # occlude: the clean hr/lr/landmarks/parsing stay the targets; the occluded face is degraded exactly
@@ -168,11 +167,9 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
 def add_occlusion(row: dict[str, Any], item: Item, recipe: Recipe) -> None:
     """Fill the occlusion fields of a valid row from its clean hr and landmarks."""
-    d = recipe.degrade
     occ = occlude_sample(row["hr"], row["landmarks"], recipe, item.key, item.variant)
     row.update(
-        lr_occluded=degrade(occ.hr_occluded, DegradeConfig(d.scale, d.blur_sigma, d.noise_sigma, d.jpeg_quality),
-                            sample_rng(recipe.seed, item.key, "degrade")),
+        lr_occluded=degrade(occ.hr_occluded, recipe.degrade, sample_rng(recipe.seed, item.key, "degrade")),
         occlusion_mask=occ.mask,
         occlusion_kind=occ.kind,
         occlusion_anchor=occ.anchor,
@@ -181,18 +178,11 @@ def add_occlusion(row: dict[str, Any], item: Item, recipe: Recipe) -> None:
     )
 
 
-def occlusion_config(recipe: Recipe):
-    from .occlusion import OcclusionConfig
-
-    return OcclusionConfig.from_dict(recipe.occlusion or {})
-
-
-def occlude_sample(hr: np.ndarray, landmarks: np.ndarray, recipe: Recipe, key: str, variant: int = 0):
+def occlude_sample(hr: np.ndarray, landmarks: np.ndarray, recipe: Recipe, key: str, variant: int = 0) -> Occlusion:
     """The sample's occlusion: a function of (hr, landmarks, recipe, occlusion seed, key, variant) only."""
-    from .occlusion import occlude
-
+    cfg = recipe.occlusion if recipe.occlusion is not None else OcclusionConfig()
     stream = "occlusion" if variant == 0 else f"occlusion#{variant}"  # variant 0 = the single-variant build
-    return occlude(hr, landmarks, occlusion_config(recipe), sample_rng(recipe.occlusion_seed, key, stream))
+    return occlude(hr, landmarks, cfg, sample_rng(recipe.occlusion_seed, key, stream))
 
 
 def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, split: str, k: int,
@@ -276,15 +266,15 @@ class StoreMismatch(RuntimeError):
     pass
 
 
-def plan_build(source: Source, recipe: Recipe, url: str, split: str = "all", limit: int | None = None,
+def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS, limit: int | None = None,
                overwrite: bool = False, storage_options: dict | None = None) -> Plan:
     """Enumerate samples, create or reopen the store, and list the shards still to write."""
-    names = source.splits() if split == "all" else [split]
-    if split != "all" and split not in source.splits():
+    names = source.splits() if split == ALL_SPLITS else [split]
+    if split != ALL_SPLITS and split not in source.splits():
         raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
     splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
     splits = {s: v for s, v in splits.items() if v}
-    k = occlusion_config(recipe).variants if recipe.occlusion is not None else 1
+    k = recipe.occlusion.variants if recipe.occlusion is not None else 1
     if k > 1:  # K consecutive rows per face, one per occlusion variant
         splits = {s: [dataclasses.replace(it, variant=v) for it in items for v in range(k)]
                   for s, items in splits.items()}
@@ -294,7 +284,7 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = "all", lim
     fp = fingerprint(recipe, source, splits)
     plan = Plan(url, splits, recipe, source, fields, fp)
     attrs = store.root_attributes(recipe.to_dict(), source.describe(), recipe.seed, fp,
-                                  {"size": align.HR_SIZE, "points5": align.TEMPLATE_5.tolist()})
+                                  {"size": HR_SIZE, "points5": align.TEMPLATE_5.tolist()})
     root = None
     if not overwrite:
         try:
@@ -308,6 +298,9 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = "all", lim
                 "or choose another --out")
     if root is None:
         root = store.open_root(url, mode="w" if overwrite else "a", storage_options=storage_options)
+    skipped = source.skipped()
+    if skipped is not None:  # not in the fingerprint: files that are not samples do not change the store
+        attrs["skipped"] = skip_summary(skipped, sum(len(source.items(s)) for s in source.splits()))
     root.attrs.update(attrs)
     st = recipe.store
     for s, items in splits.items():

@@ -13,6 +13,9 @@ import cv2
 import numpy as np
 
 from . import align, store
+from .pipeline import occlude_sample
+from .recipe import parse_recipe
+from .schema import HR_SIZE
 
 # Colours of the 11 Helen classes (background black).
 PARSING_COLOURS = np.array(
@@ -20,7 +23,7 @@ PARSING_COLOURS = np.array(
      [255, 0, 0], [128, 0, 128], [255, 102, 178], [102, 51, 0]], dtype=np.uint8)
 
 
-def _up(img: np.ndarray, size: int = 128) -> np.ndarray:
+def _up(img: np.ndarray, size: int = HR_SIZE) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
@@ -62,20 +65,16 @@ def preview_grid(url: str, n: int = 64, split: str | None = None, per_row: int |
     data = {a: g[a][:stop] for a in names}  # contiguous read: whole shards, not one request per row
     recipe = None
     if "occlusion_mask" in names and root.attrs.get("recipe", {}).get("occlusion") is not None:
-        from .recipe import parse_recipe
-
         recipe = parse_recipe(dict(root.attrs["recipe"]), "store recipe")
     strips = []
     for i in idx:
         row = {a: data[a][i] for a in names}
         if recipe is not None:
-            from .pipeline import occlude_sample
-
             occ = occlude_sample(row["hr"], row["landmarks"], recipe, str(row["key"]), int(row.get("occlusion_variant", 0)))
             if np.array_equal(occ.mask, row["occlusion_mask"]):  # shown only when it reproduces the store
                 row["hr_occluded"] = occ.hr_occluded
         strips.append(np.concatenate(sample_tiles(row), axis=1))
-    per_row = per_row or max(1, min(len(strips), int(math.ceil(math.sqrt(len(strips) * 128 / strips[0].shape[1] * 1.6)))))
+    per_row = per_row or max(1, min(len(strips), int(math.ceil(math.sqrt(len(strips) * HR_SIZE / strips[0].shape[1] * 1.6)))))
     pad = np.full((strips[0].shape[0] + 4, strips[0].shape[1] + 4, 3), 255, np.uint8)
     cells = []
     for s in strips:

@@ -19,10 +19,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
+from dask.utils import parse_bytes
 
 from . import card, interop, store
+from .preview import write_preview
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_FILE_BYTES = 500_000_000
@@ -49,16 +50,16 @@ class Export:
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes from `500MB`, `2GB`, `64kB` or a plain integer (decimal units)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?\s*", str(text))
-    if not m:
-        raise ValueError(f"cannot read size {text!r}: expected e.g. 500MB, 64kB or a number of bytes")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    """Bytes from `500MB`, `2GB`, `64kB`, `1MiB` or a plain integer (`dask.utils.parse_bytes`)."""
+    try:
+        if isinstance(text, str) and not any(c.isdigit() for c in text):
+            raise ValueError("no number")  # parse_bytes reads "" and "MB" as one unit
+        value = parse_bytes(text)
+    except (ValueError, TypeError):
+        raise ValueError(f"cannot read size {text!r}: expected e.g. 500MB, 64kB or a number of bytes") from None
     if value < 1:
         raise ValueError(f"size {text!r} must be at least 1 byte")
-    return int(value)
+    return value
 
 
 def scrub(text: str, token: str | None) -> str:
@@ -282,8 +283,6 @@ def write_card(staging: Path, existing: str | None, repo_id: str, config: str, r
 
 
 def write_preview_image(url: str, staging: Path, config: str, storage_options: dict | None = None) -> str | None:
-    from .preview import write_preview
-
     rel = f"images/{config}-preview.png"
     (staging / "images").mkdir(parents=True, exist_ok=True)
     try:
@@ -437,47 +436,3 @@ def _publish_hub(job: Job, root, private: bool) -> Published:
     except Exception as e:  # noqa: BLE001  every library error is re-raised without the token
         msg = f"publishing to {repo_id} at {endpoint} failed: {type(e).__name__}: {e}"
         raise PublishError(scrub(msg, token)) from None
-
-
-# --- CLI -------------------------------------------------------------------------------------------------------------
-
-@click.command("publish")
-@click.argument("store_url")
-@click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="Hub dataset repository.")
-@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "zarr"]), default="parquet", show_default=True,
-              help="parquet: a datasets-loadable repository; zarr: the store's own files.")
-@click.option("--config", help="Config name (default: the store's source name).")
-@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), metavar="DIR",
-              help="Write exactly the files an upload would send into DIR; upload nothing.")
-@click.option("--with-heatmaps", is_flag=True, help="Add the heatmaps column (Array3D; they render from landmarks).")
-@click.option("--include-rejected", is_flag=True, help="Publish rejected samples too (valid=False, reject_reason).")
-@click.option("--license", "license_id", help="Hub license identifier (default: from the source's terms).")
-@click.option("--force", is_flag=True, help="Publish even with a license that contradicts the source's terms.")
-@click.option("--max-file-size", default="500MB", show_default=True,
-              help="Target parquet file size (e.g. 500MB).")
-@click.option("--row-group-size", default=DEFAULT_ROW_GROUP_ROWS, show_default=True,
-              help="Rows per parquet row group (fewer with --with-heatmaps, to bound memory).")
-def publish_command(store_url, repo_id, private, fmt, config, dry_run, with_heatmaps, include_rejected, license_id,
-                    force, max_file_size, row_group_size):
-    """Publish a store as a Hugging Face dataset (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)."""
-    try:
-        max_bytes = parse_size(max_file_size)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--max-file-size") from None
-    try:
-        result = publish(store_url, repo_id, fmt=fmt, dry_run=dry_run, private=private, config=config,
-                         with_heatmaps=with_heatmaps, include_rejected=include_rejected, license_id=license_id,
-                         force=force, max_file_bytes=max_bytes, row_group_rows=row_group_size)
-    except PublishError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
-    total = sum(result.files.values())
-    rows = ", ".join(f"{interop.hub_split(s)}={n}" for s, n in result.rows.items())
-    where = f"to {dry_run}" if dry_run else f"to {repo_id}"
-    verb = "wrote" if dry_run else "uploaded"
-    click.echo(f"{verb} {len(result.files)} files ({total / 1e6:.1f} MB; rows {rows}) {where}")
-    if not dry_run:
-        click.echo(f"commit: {result.url}")

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_VERSION = 1
+HR_SIZE = 128  # side of the aligned HR face, pixels (the LR input is HR_SIZE // 8)
+HEATMAP_SIZE = 64  # side of a stored landmark heatmap, pixels
+SPLITS = ("train", "val", "test")  # the standard splits, in the order they are listed
+ALL_SPLITS = "all"  # `--split all`: every split the source has
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,8 @@ class Field:
         return np.full((n,) + self.shape, self.fill, dtype=self.dtype)
 
 
-def core_fields(n_attributes: int = 0, hr_size: int = 128, scale: int = 8) -> list[Field]:
-    """Arrays every store has (issue #2)."""
+def core_fields(n_attributes: int = 0, hr_size: int = HR_SIZE, scale: int = 8) -> list[Field]:
+    """Arrays every store has: the aligned face, its LR input, landmarks and bookkeeping."""
     lr_size = hr_size // scale
     fields = [
         Field("hr", (hr_size, hr_size, 3), "uint8", ("y", "x", "rgb"), doc="aligned face, RGB"),
@@ -48,8 +52,8 @@ def core_fields(n_attributes: int = 0, hr_size: int = 128, scale: int = 8) -> li
     return fields
 
 
-def prior_fields(heatmap_size: int = 64, hr_size: int = 128) -> list[Field]:
-    """Facial-prior arrays (issue #3)."""
+def prior_fields(heatmap_size: int = HEATMAP_SIZE, hr_size: int = HR_SIZE) -> list[Field]:
+    """Facial-prior arrays (recipe `priors`): landmark heatmaps and the parsing map."""
     return [
         Field("heatmaps", (68, heatmap_size, heatmap_size), "uint8", ("point", "y_hm", "x_hm"), 0,
               "Gaussian landmark heatmaps, peak 255"),
@@ -58,8 +62,8 @@ def prior_fields(heatmap_size: int = 64, hr_size: int = 128) -> list[Field]:
     ]
 
 
-def occlusion_fields(hr_size: int = 128, scale: int = 8) -> list[Field]:
-    """Occlusion arrays (issue #4); hr, lr, landmarks and parsing stay clean."""
+def occlusion_fields(hr_size: int = HR_SIZE, scale: int = 8) -> list[Field]:
+    """Occlusion arrays (recipe `occlusion`); hr, lr, landmarks and parsing stay clean."""
     lr_size = hr_size // scale
     return [
         Field("lr_occluded", (lr_size, lr_size, 3), "uint8", ("y_lr", "x_lr", "rgb"), doc="occluded LR input"),

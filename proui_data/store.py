@@ -8,13 +8,15 @@ shards that are either finished and marked or not marked; a rerun rewrites the u
 """
 from __future__ import annotations
 
+import importlib.metadata as md
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from .schema import FORMAT_VERSION, Field
+from . import __version__
+from .schema import FORMAT_VERSION, SPLITS, Field
 
 DONE = "_shard_done"
 
@@ -78,20 +80,11 @@ def write_shard(group: zarr.Group, fields: list[Field], k: int, rows: dict[str, 
     group[DONE][k] = 1
 
 
-def read_column(group: zarr.Group, name: str) -> np.ndarray:
-    return group[name][:]
-
-
 def splits_of(root: zarr.Group) -> list[str]:
-    return [s for s in ("train", "val", "test") if s in root.group_keys()] + sorted(
-        s for s in root.group_keys() if s not in ("train", "val", "test")
-    )
+    return [s for s in SPLITS if s in root.group_keys()] + sorted(s for s in root.group_keys() if s not in SPLITS)
 
 
 def root_attributes(recipe: dict, source: dict, seed: int, fingerprint: str, template: dict) -> dict[str, Any]:
-    from . import __version__
-    import importlib.metadata as md
-
     versions = {"proui": __version__}
     for pkg in ("zarr", "numpy", "dask", "distributed", "opencv-python-headless", "pillow", "dlib-bin", "torch"):
         try:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from proui_data import align
-from proui_data.detect import detect_faces, predict_in_box
+from proui_data.detect import hog_boxes, predict_in_box
 
 CELEBA_ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Smiling"]
 
@@ -20,7 +20,7 @@ def demo_photo(name: str = "astronaut.jpg") -> np.ndarray:
 
 
 def dlib_landmarks(rgb: np.ndarray) -> np.ndarray:
-    boxes = detect_faces(rgb, 0) or detect_faces(rgb, 1)
+    boxes = hog_boxes(rgb, 0) or hog_boxes(rgb, 1)
     assert boxes, "fixture photo must contain a face"
     return predict_in_box(rgb, boxes[0])
 

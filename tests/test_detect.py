@@ -9,7 +9,9 @@ import pytest
 from fixtures import demo_photo
 from proui_data import detect, fan
 from proui_data.flip import FLIP_PERMUTATION_68
+from proui_data.pipeline import landmark_backend, uses_detector
 from proui_data.recipe import RecipeError, parse_recipe
+from proui_data.sources import Item
 
 HELEN_TEST = Path("300w/helen/testset")
 # HOG finds no face in these Helen test photos at upsample 0 (measured with dlib 20).
@@ -103,14 +105,15 @@ def test_given_box_is_used_as_is():
 
 
 def test_backend_selection_from_recipe_value():
-    assert detect.landmark_backend("auto", has_annotation=True) == "annotation"
-    assert detect.landmark_backend("auto", has_annotation=False) == "dlib"
-    assert detect.landmark_backend("dlib", has_annotation=True) == "dlib"
-    assert detect.landmark_backend("face-alignment") == "face-alignment"
-    with pytest.raises(ValueError, match="face-alignment"):
-        detect.landmark_backend("fan")
+    annotated, bare = Item("a.jpg", landmarks=np.zeros((68, 2))), Item("b.jpg")
+    auto = parse_recipe({"detect": {"landmarks": "auto"}})
+    assert not uses_detector(annotated, auto)  # auto + annotation: the annotation
+    assert uses_detector(bare, auto) and landmark_backend(auto) == "dlib"
+    dlib_recipe = parse_recipe({"detect": {"landmarks": "dlib"}})
+    assert uses_detector(annotated, dlib_recipe) and landmark_backend(dlib_recipe) == "dlib"
     recipe = parse_recipe({"detect": {"landmarks": "face-alignment", "fallback": False}})
     assert recipe.detect.landmarks == "face-alignment" and recipe.detect.fallback is False
+    assert uses_detector(annotated, recipe) and landmark_backend(recipe) == "face-alignment"
     with pytest.raises(RecipeError, match="face-alignment"):
         parse_recipe({"detect": {"landmarks": "fan"}})
     with pytest.raises(ValueError, match="backend"):

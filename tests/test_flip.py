@@ -11,7 +11,6 @@ from proui_data.align import TEMPLATE_5, similarity_transform as similarity
 from proui_data.flip import (
     FLIP_PERMUTATION_68,
     PARSING_FLIP,
-    flip_batch_torch,
     flip_heatmaps,
     flip_landmarks,
     flip_parsing,
@@ -19,6 +18,7 @@ from proui_data.flip import (
 )
 from proui_data.heatmaps import render_heatmaps
 from proui_data.parsing import parsing_from_landmarks
+from proui_train.augment import flip_batch_torch
 
 HELEN_PHOTOS = ("296814969_3", "2968560214_1", "2968784797_1")
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from proui_data.align import TEMPLATE_5, similarity_transform as similarity
-from proui_data.heatmaps import render_heatmaps, render_heatmaps_torch
+from proui_data.heatmaps import render_heatmaps
+from proui_train.targets import render_heatmaps_torch
 
 RAW_BYTES = 68 * 64 * 64
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Item, Source, SourceError
+from ..align import CELEBA_ALIGNED_BOX
+from ..schema import SPLITS
+from .base import Item, Source, SourceError
 
 log = logging.getLogger(__name__)
 PARTITION = {"0": "train", "1": "val", "2": "test"}
@@ -93,8 +95,6 @@ class CelebASource(Source):
             self.attribute_names = tuple(read_table(self._paths["attributes"], header=True)[0])
         # The aligned images put the face in a fixed place: a fallback box for the shape predictor.
         if self.aligned:
-            from ..align import CELEBA_ALIGNED_BOX
-
             self.prior_box = CELEBA_ALIGNED_BOX
         self._cache: dict | None = None
 
@@ -124,7 +124,7 @@ class CelebASource(Source):
         if part is None:
             return ["train"]
         present = {PARTITION.get(v[0]) for f, v in part.items()}
-        return [s for s in ("train", "val", "test") if s in present]
+        return [s for s in SPLITS if s in present]
 
     def unassigned(self) -> int:
         t = self._tables()

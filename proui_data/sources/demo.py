@@ -12,7 +12,7 @@ import importlib.resources
 import cv2
 import numpy as np
 
-from . import Item, Source
+from .base import Item, Source
 
 PHOTOS = ("astronaut.jpg", "grace_hopper.jpg")
 VARIANTS = ("original", "mirror", "rotate12", "half")

@@ -1,9 +1,13 @@
-"""Any folder of images, recursively; faces are found by the detector. Everything goes to `train`."""
+"""Any folder of images, recursively; faces are found by the detector. Everything goes to `train`.
+
+Every entry under the root is accounted for: an image file is a sample (a broken one is a rejected row), any
+other file, link or image-named directory is skipped with a reason (`skipped`, recorded in the store).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import Item, Source, SourceError, list_images
+from .base import FolderScan, Item, Source, SourceError, scan_folder
 
 
 class FolderSource(Source):
@@ -11,6 +15,18 @@ class FolderSource(Source):
 
     def __init__(self, root: str):
         self.root = root
+        self._scan: FolderScan | None = None
+
+    def __getstate__(self) -> dict:
+        # workers only `read`: the scan stays on the driver
+        state = self.__dict__.copy()
+        state["_scan"] = None
+        return state
+
+    def scan(self) -> FolderScan:
+        if self._scan is None:
+            self._scan = scan_folder(Path(self.root))
+        return self._scan
 
     def splits(self) -> list[str]:
         return ["train"]
@@ -18,11 +34,14 @@ class FolderSource(Source):
     def items(self, split: str) -> list[Item]:
         if split != "train":
             return []
-        root = Path(self.root)
-        files = list_images(root)
-        if not files:
-            raise SourceError(f"{root}: no image files found (looked for jpg/png/bmp/webp/tif recursively)")
-        return [Item(key=p.relative_to(root).as_posix(), path=str(p)) for p in files]
+        root, scan = Path(self.root), self.scan()
+        if not scan.images:
+            skipped = ", ".join(f"{r}: {n}" for r, n in scan.counts().items()) or "nothing"
+            raise SourceError(f"{root}: no image files found, recursively (skipped {skipped})")
+        return [Item(key=k, path=str(root / k)) for k in scan.images]
+
+    def skipped(self) -> dict[str, list[str]]:
+        return self.scan().skipped
 
     def describe(self) -> dict:
         return {"name": self.name, "root": str(Path(self.root).resolve())}

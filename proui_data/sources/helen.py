@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Item, Source, SourceError, list_images
+from ..schema import SPLITS
+from .base import Item, Source, SourceError, list_images
 
 FOLDERS = {"trainset": "train", "testset": "test"}
 SMITH_LISTS = {"exemplars.txt": "train", "tuning.txt": "val", "testing.txt": "test"}
@@ -77,9 +78,9 @@ class HelenSource(Source):
 
     def splits(self) -> list[str]:
         if self.folders:
-            return [s for s in ("train", "val", "test") if s in self.folders]
+            return [s for s in SPLITS if s in self.folders]
         if self.smith and self._smith_splits():
-            return [s for s in ("train", "val", "test") if s in set(self._smith_splits().values())]
+            return [s for s in SPLITS if s in set(self._smith_splits().values())]
         return ["train"]
 
     def items(self, split: str) -> list[Item]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Item, Source, SourceError
+from ..schema import SPLITS
+from .base import Item, Source, SourceError
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
@@ -60,8 +61,7 @@ class HFSource(Source):
         self._splits = {SPLIT_NAMES.get(s, s): s for s in ds}
 
     def splits(self) -> list[str]:
-        return [s for s in ("train", "val", "test") if s in self._splits] + sorted(
-            s for s in self._splits if s not in ("train", "val", "test"))
+        return [s for s in SPLITS if s in self._splits] + sorted(s for s in self._splits if s not in SPLITS)
 
     def _split(self, split: str):
         import datasets
