@@ -141,6 +141,41 @@ def _lookup(table: Mapping[int, torch.Tensor], size: int, what: str) -> torch.Te
     return table[size]
 
 
+class _TargetFeatures:
+    """VGG features of the HR pyramid, computed once per size: the same resolution is the target of one
+    stage's `out` and the next stage's `face`."""
+
+    def __init__(self, vgg: VGGFeatureExtractor, hr: Mapping[int, torch.Tensor]) -> None:
+        self.vgg, self.hr, self.cache = vgg, hr, {}
+
+    def __call__(self, size: int) -> dict[int, torch.Tensor]:
+        if size not in self.cache:
+            with torch.no_grad():
+                self.cache[size] = self.vgg(_lookup(self.hr, size, "hr"))
+        return self.cache[size]
+
+
+def _vgg_terms(stage: Mapping[str, torch.Tensor], vgg: VGGFeatureExtractor, targets: _TargetFeatures,
+               style_weight: float, perceptual_weight: float) -> list[tuple[str, torch.Tensor]]:
+    """A stage's style term (Gram L1 on `out`) and perceptual term (feature MSE on `face` and `out`)."""
+    if not (style_weight or perceptual_weight):
+        return []
+    size, up = stage["face"].shape[-1], stage["out"].shape[-1]
+    out_layers = (vgg.style_layers if style_weight else ()) + (vgg.perceptual_layers if perceptual_weight else ())
+    out_features, out_targets = vgg(stage["out"], out_layers), targets(up)
+    terms = []
+    if style_weight:
+        layers = vgg.style_layers
+        terms.append(("style", style_loss([out_features[k] for k in layers], [out_targets[k] for k in layers])))
+    if perceptual_weight:
+        layers = vgg.perceptual_layers
+        face_features, face_targets = vgg(stage["face"], layers), targets(size)
+        value = perceptual_loss([face_features[k] for k in layers], [face_targets[k] for k in layers])
+        value = value + perceptual_loss([out_features[k] for k in layers], [out_targets[k] for k in layers])
+        terms.append(("perceptual", value))
+    return terms
+
+
 def generator_loss(
     outputs: Mapping,
     targets: Mapping[str, Mapping[int, torch.Tensor]],
@@ -180,15 +215,7 @@ def generator_loss(
         terms[name] = value.detach().float()
         total = total + weight * value.float()
 
-    target_features: dict[int, dict[int, torch.Tensor]] = {}
-
-    def features_of_target(size: int) -> dict[int, torch.Tensor]:
-        # The same HR resolution is the target of one stage's `out` and the next stage's `face`: compute once.
-        if size not in target_features:
-            with torch.no_grad():
-                target_features[size] = vgg(_lookup(hr, size, "hr"))
-        return target_features[size]
-
+    target_features = _TargetFeatures(vgg, hr) if vgg is not None else None
     for s, stage in enumerate(stages, 1):
         i = s - 1
         size, up = stage["face"].shape[-1], stage["out"].shape[-1]
@@ -206,24 +233,9 @@ def generator_loss(
                 add(f"stage{s}/prior", weights.prior[i], heatmap_loss(stage["prior"], target))
         if weights.tv[i]:
             add(f"stage{s}/tv", weights.tv[i], total_variation(stage["out"]))
-        if vgg is None or not (weights.style[i] or weights.perceptual[i]):
-            continue
-        out_layers = (vgg.style_layers if weights.style[i] else ()) + (
-            vgg.perceptual_layers if weights.perceptual[i] else ()
-        )
-        out_features, out_targets = vgg(stage["out"], out_layers), features_of_target(up)
-        if weights.style[i]:
-            add(
-                f"stage{s}/style",
-                weights.style[i],
-                style_loss([out_features[k] for k in vgg.style_layers], [out_targets[k] for k in vgg.style_layers]),
-            )
-        if weights.perceptual[i]:
-            face_features, face_targets = vgg(stage["face"], vgg.perceptual_layers), features_of_target(size)
-            layers = vgg.perceptual_layers
-            value = perceptual_loss([face_features[k] for k in layers], [face_targets[k] for k in layers])
-            value = value + perceptual_loss([out_features[k] for k in layers], [out_targets[k] for k in layers])
-            add(f"stage{s}/perceptual", weights.perceptual[i], value)
+        if target_features is not None:
+            for name, value in _vgg_terms(stage, vgg, target_features, weights.style[i], weights.perceptual[i]):
+                add(f"stage{s}/{name}", getattr(weights, name)[i], value)
 
     if d_fake is not None and weights.adversarial:
         add("adversarial", weights.adversarial, lsgan_generator_loss(d_fake))

@@ -6,11 +6,13 @@ by rank) and the trainer wraps the networks in DistributedDataParallel.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +105,59 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int,
-           device: torch.device) -> dict[str, Any]:
-    master = rank == 0
-    run_dir = Path(cfg.run_dir)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
-    seed_everything(cfg.seed)  # every rank starts from the same weights, so its EMA copy does too
-    trainer = ProUIGANTrainer(cfg, device, rank, world)
-    seed_everything(cfg.seed + rank)  # from here on each rank draws its own random stream
-    if master:
-        log.info(trainer.describe())
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides the weights."""
 
-    # data
+    step: int = 0
+    epoch: int = 0
+    nonfinite: int = 0
+
+
+class Recorder:
+    """Rank 0's outputs: metrics.jsonl, TensorBoard scalars and image grids (nothing on other ranks)."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, active: bool) -> None:
+        self.writer, self.file = None, None
+        if not active:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional: scalars still go to metrics.jsonl
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:
+            log.warning("tensorboard is not installed: scalars go to %s only", run_dir / "metrics.jsonl")
+        self.file = open(run_dir / "metrics.jsonl", "a")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    @torch.no_grad()
+    def images(self, step: int, lr_in: torch.Tensor, hr: torch.Tensor, generator: torch.nn.Module) -> None:
+        if self.writer is None:
+            return
+        sr = generator(lr_in[:4])["final"]
+        grid = torch.cat([F.interpolate(lr_in[:4].float(), size=HR_SIZE, mode="nearest"), sr.float(),
+                          hr[:4].float()], 3)
+        self.writer.add_images("lr_ema_hr", (grid.clamp(-1, 1) + 1) / 2, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
+
+
+def make_batcher(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> DeviceBatcher:
+    """This rank's share of the train split, batched on the device."""
     arrays = ("hr", cfg.data.input, "landmarks")
     if cfg.data.input == "lr_occluded" and (cfg.loss.mask_weight or cfg.loss.local_adversarial):
         arrays += ("occlusion_mask",)
@@ -124,89 +166,91 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
     # DeviceBatcher copies each batch before asking for the next, so the loader's slots need no copy of their own
     loader = make_loader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers,
                          reuse_batches=True)
-    batcher = DeviceBatcher(loader, device)  # its state counts only batches handed to the loop
+    return DeviceBatcher(loader, device)  # its state counts only batches handed to the loop
 
+
+def resume_from(run_dir: Path, trainer: ProUIGANTrainer, batcher: DeviceBatcher, aug_rng: torch.Generator,
+                rank: int, world: int, device: torch.device) -> Progress:
+    """Load `run_dir/latest` into the trainer, this rank's loader position and random streams."""
+    ck = load_checkpoint(run_dir, device="cpu")
+    trainer.load_state_dict(ck)
+    ranks = ck.get("ranks", [ck])  # each rank's loader position and random streams (older: top level)
+    if len(ranks) != world:
+        raise ValueError(f"{run_dir / 'latest'} was written by {len(ranks)} rank(s); resume it with as many, "
+                         f"not {world}")
+    batcher.load_state_dict(ranks[rank]["loader"])
+    set_rng_state(ranks[rank]["rng"], device)
+    aug_rng.set_state(ranks[rank]["aug_rng"].to(torch.uint8).cpu())
+    return Progress(ck["step"], ck["epoch"], ck["nonfinite"])
+
+
+def save_run(cfg: TrainConfig, trainer: ProUIGANTrainer, batcher: DeviceBatcher, aug_rng: torch.Generator,
+             progress: Progress, rank: int, world: int, device: torch.device) -> None:
+    """Rank 0 writes the weights and every rank's loader position and random streams (collective)."""
+    mine = {"loader": batcher.state_dict(), "rng": rng_state(device), "aug_rng": aug_rng.get_state(),
+            "weights_sha256": trainer.weights_sha256()}
+    ranks = [mine]
+    if world > 1:
+        ranks = [None] * world if rank == 0 else None
+        dist.gather_object(mine, ranks, dst=0)
+    if rank == 0:
+        if len({r["weights_sha256"] for r in ranks}) > 1:
+            log.error("step %d: the ranks' weights differ (DDP replicas out of sync)", progress.step)
+        save_checkpoint(cfg.run_dir, progress.step,
+                        {**trainer.state_dict(), **dataclasses.asdict(progress), "ranks": ranks,
+                         "config": cfg.to_dict()}, keep=cfg.keep_checkpoints)
+    if world > 1:
+        dist.barrier()  # no rank runs on (or exits) before the checkpoint is on disk
+
+
+def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world: int,
+           device: torch.device) -> dict[str, Any]:
+    master, run_dir = rank == 0, Path(cfg.run_dir)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
+    seed_everything(cfg.seed)  # every rank starts from the same weights, so its EMA copy does too
+    trainer = ProUIGANTrainer(cfg, device, rank, world)
+    seed_everything(cfg.seed + rank)  # from here on each rank draws its own random stream
+    if master:
+        log.info(trainer.describe())
+    batcher = make_batcher(cfg, device, rank, world)
     # Augmentation draws come from their own generator: the DataLoader draws from the global one whenever an
     # iterator is made, which a resumed run does at a different point.
     aug_rng = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
-    step, epoch, nonfinite = 0, 0, 0
+    at = Progress()
     if resume and (run_dir / "latest").is_file():
-        ck = load_checkpoint(run_dir, device="cpu")
-        trainer.load_state_dict(ck)
-        step, epoch, nonfinite = ck["step"], ck["epoch"], ck["nonfinite"]
-        ranks = ck.get("ranks", [ck])  # each rank's loader position and random streams (older: top level)
-        if len(ranks) != world:
-            raise ValueError(f"{run_dir / 'latest'} was written by {len(ranks)} rank(s); resume it with as many, "
-                             f"not {world}")
-        batcher.load_state_dict(ranks[rank]["loader"])
-        set_rng_state(ranks[rank]["rng"], device)
-        aug_rng.set_state(ranks[rank]["aug_rng"].to(torch.uint8).cpu())
+        at = resume_from(run_dir, trainer, batcher, aug_rng, rank, world, device)
         if master:
-            log.info("resumed from %s at step %d (epoch %d)", run_dir / "latest", step, epoch)
+            log.info("resumed from %s at step %d (epoch %d)", run_dir / "latest", at.step, at.epoch)
     else:
-        loader.set_epoch(epoch)
-
-    writer = None
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:
-            log.warning("tensorboard is not installed: scalars go to %s only", run_dir / "metrics.jsonl")
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if master else None
-
-    def record(values: dict[str, float]) -> None:
-        metrics_file.write(json.dumps({"step": step, **values}) + "\n")
-        metrics_file.flush()
-        if writer:
-            for k, v in values.items():
-                writer.add_scalar(k, v, step)
-
-    def checkpoint() -> None:
-        """Rank 0 writes the weights and every rank's loader position and random streams (collective)."""
-        mine = {"loader": batcher.state_dict(), "rng": rng_state(device), "aug_rng": aug_rng.get_state(),
-                "weights_sha256": trainer.weights_sha256()}
-        ranks = [mine]
-        if world > 1:
-            ranks = [None] * world if master else None
-            dist.gather_object(mine, ranks, dst=0)
-        if master:
-            if len({r["weights_sha256"] for r in ranks}) > 1:
-                log.error("step %d: the ranks' weights differ (DDP replicas out of sync)", step)
-            save_checkpoint(run_dir, step, {**trainer.state_dict(), "step": step, "epoch": epoch,
-                                            "nonfinite": nonfinite, "ranks": ranks, "config": cfg.to_dict()},
-                            keep=cfg.keep_checkpoints)
-        if world > 1:
-            dist.barrier()  # no rank runs on (or exits) before the checkpoint is on disk
+        batcher.set_epoch(at.epoch)
+    recorder = Recorder(run_dir, cfg, master)
+    checkpoint = lambda: save_run(cfg, trainer, batcher, aug_rng, at, rank, world, device)  # noqa: E731
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and master), dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=at.step, disable=not (show_progress and master), dynamic_ncols=True)
     t_start, samples, wait = time.perf_counter(), 0, 0.0
     last: dict[str, float] = {}
     validating = master and cfg.val_every and _has_split(cfg)
-    while step < cfg.steps:
+    while at.step < cfg.steps:
         t_ready = time.perf_counter()
         for batch in batcher:
             wait += time.perf_counter() - t_ready  # time the step waited for data
-            losses = trainer.train_step(batch, step, aug_rng)
+            losses = trainer.train_step(batch, at.step, aug_rng)
             if losses is None:
-                nonfinite += 1
-                log.warning("step %d: non-finite loss; step skipped (%d so far)", step, nonfinite)
-                if nonfinite >= cfg.max_nonfinite:
+                at.nonfinite += 1
+                log.warning("step %d: non-finite loss; step skipped (%d so far)", at.step, at.nonfinite)
+                if at.nonfinite >= cfg.max_nonfinite:
                     checkpoint()
-                    raise TrainingStopped(f"stopped: {nonfinite} steps had a NaN/inf loss (limit max_nonfinite="
+                    raise TrainingStopped(f"stopped: {at.nonfinite} steps had a NaN/inf loss (limit max_nonfinite="
                                           f"{cfg.max_nonfinite}); last good checkpoint in {run_dir}")
                 t_ready = time.perf_counter()
                 continue
-            step += 1
+            at.step += 1
             samples += batch["hr"].shape[0]
             bar.update(1)
-
-            if master and (step % cfg.log_every == 0 or step == cfg.steps):
+            if master and (at.step % cfg.log_every == 0 or at.step == cfg.steps):
                 elapsed = time.perf_counter() - t_start
                 last = {"loss/g": losses.pop("g").item(), "loss/d": losses.pop("d").item(),
                         **{f"loss/{k}": float(v) for k, v in losses.items()},
@@ -214,30 +258,22 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, rank: int, world: int
                         "lr/g": trainer.opt_g.param_groups[0]["lr"]}
                 if device.type == "cuda":
                     last["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                bar.set_postfix(g=f"{last['loss/g']:.3f}", d=f"{last['loss/d']:.3f}",
-                                sps=f"{last['perf/samples_per_s']:.1f}")
-                record(last)
-            if master and writer and cfg.image_every and step % cfg.image_every == 0:
-                with torch.no_grad():
-                    lr_in, hr = batch[cfg.data.input][:4], batch["hr"][:4]
-                    sr = trainer.ema(lr_in)["final"]
-                grid = torch.cat([F.interpolate(lr_in.float(), size=HR_SIZE, mode="nearest"), sr.float(), hr.float()], 3)
-                writer.add_images("lr_ema_hr", (grid.clamp(-1, 1) + 1) / 2, step)
-            if validating and step % cfg.val_every == 0:
-                record({**validate(trainer.ema, cfg, device, "val"),
-                        **validate(unwrap(trainer.generator), cfg, device, "val_raw")})
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                bar.set_postfix(g=f"{last['loss/g']:.3f}", sps=f"{last['perf/samples_per_s']:.1f}")
+                recorder.scalars(at.step, last)
+            if master and cfg.image_every and at.step % cfg.image_every == 0:
+                recorder.images(at.step, batch[cfg.data.input], batch["hr"], trainer.ema)
+            if validating and at.step % cfg.val_every == 0:
+                recorder.scalars(at.step, {**validate(trainer.ema, cfg, device, "val"),
+                                           **validate(unwrap(trainer.generator), cfg, device, "val_raw")})
+            if cfg.ckpt_every and at.step % cfg.ckpt_every == 0:
                 checkpoint()
-            if step >= cfg.steps:
+            if at.step >= cfg.steps:
                 break
             t_ready = time.perf_counter()
         else:  # the epoch ran out
-            epoch += 1
-            loader.set_epoch(epoch)
+            at.epoch += 1
+            batcher.set_epoch(at.epoch)
     bar.close()
     checkpoint()
-    if metrics_file:
-        metrics_file.close()
-    if writer:
-        writer.close()
-    return {"step": step, "epoch": epoch, "nonfinite": nonfinite, **last}
+    recorder.close()
+    return {"step": at.step, "epoch": at.epoch, "nonfinite": at.nonfinite, **last}

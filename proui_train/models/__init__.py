@@ -1,16 +1,16 @@
 """Pro-UIGAN networks: the progressive generator, patch discriminators and a torchvision-free VGG19."""
 from .blocks import ConvNormAct, ResidualBlock, count_parameters, init_weights, norm_layer
 from .discriminator import PatchDiscriminator, crop_patches, global_discriminator, local_discriminator
+from .attention import CrossModalAttention, cross_modal_attention
+from .plain import PlainProgressive
 from .pro_uigan import (
     STAGE_LANDMARKS,
-    CrossModalAttention,
     FANPrior,
     LearnedPrior,
     ProUIGAN,
     ProUIGANConfig,
     ProUIStage,
     UpsampleBlock,
-    cross_modal_attention,
 )
 from .vgg import (
     PERCEPTUAL_LAYER,
@@ -30,6 +30,7 @@ __all__ = [
     "FANPrior",
     "LearnedPrior",
     "PatchDiscriminator",
+    "PlainProgressive",
     "ProUIGAN",
     "ProUIGANConfig",
     "ProUIStage",
