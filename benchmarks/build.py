@@ -13,6 +13,12 @@ thread (task thread, event loop, zarr's and OpenCV's pools); when each worker be
 busy it stayed; and a machine ceiling: `process_item` on in-memory images, single-threaded, no Dask, no
 writes, in 1 vs 2 spawned processes. Read the scaling ratio against that ceiling: on a machine shared with
 other jobs neither reaches 2x. Every timed run starts warm (models loaded on each task thread).
+
+    python benchmarks/build.py --wild ../shared/data/wild/celeba_in_the_wild
+
+--wild DIR builds a folder of photos twice in this process (one core), with today's folder recipe and the one
+it replaced (HOG upsample 1 + fallback chain, min eye distance 8), and prints photos/s, CPU-ms per photo and
+where the CPU went, stage by stage (exclusive: a stage's time leaves out the stages it calls).
 """
 from __future__ import annotations
 
@@ -32,8 +38,9 @@ import numpy as np
 import psutil
 from distributed import get_task_stream
 
+from proui_data import align, detect, pipeline, store
 from proui_data.pipeline import fields_for, plan_build, process_item
-from proui_data.recipe import load_recipe
+from proui_data.recipe import DetectRecipe, load_recipe
 from proui_data.runner import dask_client, run_plan
 from proui_data.sources import Item, Source, get_source
 
@@ -239,6 +246,73 @@ def ceiling(source: Source, recipe, items: list[Item], procs: int) -> tuple[floa
     return len(items) / wall, 1000 * sum(r[2] for r in res) / len(items)
 
 
+# stage -> (module, function): the names the build calls them by
+STAGES = {"decode": (pipeline, "decode_image"), "detect": (detect, "detect"), "landmarks": (detect, "predict_in_box"),
+          "align": (align, "warp_to_template"), "degrade": (pipeline, "degrade"), "priors": (pipeline, "add_priors"),
+          "occlusion": (pipeline, "occlude_sample"), "compress/write": (store, "write_shard")}
+
+
+class StageClock:
+    """Process CPU per stage, exclusive of nested stages (zarr compresses in its own threads: process time)."""
+
+    def __init__(self) -> None:
+        self.cpu: Counter = Counter()
+        self._inner: list[float] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            t = time.process_time()
+            self._inner.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.process_time() - t
+                self.cpu[name] += spent - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += spent
+        return timed
+
+    def run(self, fn, *args):
+        saved = {k: getattr(m, f) for k, (m, f) in STAGES.items()}
+        for k, (m, f) in STAGES.items():
+            setattr(m, f, self.wrap(k, saved[k]))
+        try:
+            return fn(*args)
+        finally:
+            for k, (m, f) in STAGES.items():
+                setattr(m, f, saved[k])
+
+
+def wild_builds(folder: str) -> None:
+    """Old vs new folder recipe on one core, in this process, with the per-stage CPU breakdown."""
+    source, new = get_source("folder", folder), load_recipe(None, "folder")
+    old = new.replace(detect=DetectRecipe(landmarks="dlib", upsample=1, prior_box=False, min_eye_distance=8.0))
+    n = len(source.items("train"))
+    print(f"{n} photos in {folder}; one process, one core; at start: {load()}")
+    rows = {}
+    tmp = Path(tempfile.mkdtemp(prefix="proui-wild-"))
+    try:
+        warm(source, old, source.items("train")[:4])
+        detect.mmod_boxes(np.zeros((64, 64, 3), np.uint8))  # load MMOD too: the old recipe falls back to it
+        for name, recipe in (("old: upsample 1 + fallback", old), ("new: min-face search", new)):
+            plan = plan_build(source, recipe, str(tmp / f"{len(rows)}.zarr"))
+            clock, cpu, wall = StageClock(), time.process_time(), time.perf_counter()
+            run = clock.run(lambda: run_plan(plan, workers=0, progress=False))
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            clock.cpu["other"] = cpu - sum(clock.cpu.values())
+            rows[name] = (n / wall, 1000 * cpu / n, run["valid"], run["rejects"], clock.cpu)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("| recipe | photos/s | CPU-ms/photo | valid | rejects | " + " | ".join(list(STAGES) + ["other"]) + " |")
+    print("|---|---:|---:|---:|---|" + "---:|" * (len(STAGES) + 1))
+    for name, (pps, ms, valid, rejects, stages) in rows.items():
+        per = " | ".join(f"{1000 * stages[k] / n:.1f}" for k in list(STAGES) + ["other"])
+        print(f"| {name} | {pps:.2f} | {ms:.1f} | {valid}/{n} | {dict(sorted(rejects.items()))} | {per} |")
+    (a, b) = rows.values()
+    print(f"new / old: {b[0] / a[0]:.2f}x photos/s, {a[1] / b[1]:.2f}x less CPU per photo (stages: CPU-ms per photo); "
+          f"at end: {load()}")
+
+
 def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
@@ -252,7 +326,10 @@ def main() -> None:
                     help="also: 1 vs 2 workers scaling ratio, and local disk vs S3 on a loopback moto server")
     ap.add_argument("--no-s3", action="store_true", help="with --scaling: leave out the S3 build")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
+    ap.add_argument("--wild", metavar="DIR", help="instead: old vs new folder recipe on DIR, stage by stage")
     args = ap.parse_args()
+    if args.wild:
+        return wild_builds(args.wild)
     if not Path(args.root).is_dir():
         sys.exit(f"CelebA root {args.root} not found (pass --root)")
     source = get_source("celeba", args.root)

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/landmarks.py                 # evaluate on Helen testset (330 photos)
     OMP_NUM_THREADS=1 python benchmarks/landmarks.py --calibrate     # measure the box corrections on trainset
+    OMP_NUM_THREADS=1 python benchmarks/landmarks.py --compare       # old vs new search, Helen test + wild photos
 
 NME: mean point-to-point error over the 68 points / inter-ocular distance (outer eye corners 36 and 45).
 A face counts as detected when its landmarks have NME < 0.2 (the predicted face is the annotated one and
@@ -27,9 +28,13 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from proui_data import detect  # noqa: E402
+from proui_data.decode import decode_image  # noqa: E402
+from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE  # noqa: E402
 from proui_data.sources.helen import read_pts  # noqa: E402
 
-HELEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w" / "helen"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HELEN = SHARED / "300w" / "helen"
+WILD = SHARED / "wild" / "celeba_in_the_wild"
 DETECTED_NME = 0.2
 FAILURE_NME = 0.08  # the usual 300-W failure threshold
 
@@ -189,6 +194,55 @@ def calibrate(data) -> None:
           f"width x{np.median(a[:, 2]):.4f} height x{np.median(a[:, 3]):.4f} (HOG box widths)")
 
 
+# (name, HOG upsample or None, min-face search, fallback chain, min eye distance): what each search does
+SEARCHES = [
+    ("old: folder recipe (upsample 1, fallback)", 1, False, True, 8.0),
+    ("old: upsample 0, fallback (Helen reference)", 0, False, True, 8.0),
+    ("new: min-face search (folder recipe)", 0, True, False, DEFAULT_MIN_EYE_DISTANCE),
+    ("new: min-face search + fallback", 0, True, True, DEFAULT_MIN_EYE_DISTANCE),
+]
+
+
+def eye_distance(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))
+
+
+def run_search(images: list[np.ndarray], upsample: int, min_face: bool, fallback: bool, min_eye: float):
+    """(largest accepted face's 68 points or None per image, CPU s, wall s): detection + predictor, as a build."""
+    scale = detect.search_scale(min_eye) if min_face else None
+    out, cpu, wall = [], time.process_time(), time.perf_counter()
+    for rgb in images:
+        found = detect.detect(rgb, upsample, fallback, scale)
+        pts = detect.predict_in_box(rgb, found.boxes[0]) if found else None
+        out.append(pts if pts is not None and eye_distance(pts) >= min_eye else None)
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def compare(helen, wild: list[np.ndarray]) -> None:
+    """Old vs new detection side by side: speed, Helen NME and detection, wild photos with an accepted face."""
+    # load every model before timing (MMOD too: the fallback chain loads it on its first miss)
+    detect.predict_in_box(wild[0], (0, 0, 80, 80))
+    detect.mmod_boxes(wild[0])
+    print(f"Helen test {len(helen)} photos, wild {len(wild)} photos; one core (OMP_NUM_THREADS=1); "
+          f"load average {os.getloadavg()[0]:.2f} at start; new min eye distance {DEFAULT_MIN_EYE_DISTANCE} px "
+          f"(search scale {detect.search_scale(DEFAULT_MIN_EYE_DISTANCE):.2f})")
+    print("| search | Helen photos/s | Helen CPU-ms/photo | Helen detected (NME<0.2) | Helen NME mean / median |"
+          " wild photos/s | wild CPU-ms/photo | wild photos with a face |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, up, min_face, fallback, min_eye in SEARCHES:
+        pts, cpu_h, wall_h = run_search([rgb for _, rgb, _ in helen], up, min_face, fallback, min_eye)
+        s = summarize([nme(p, gt) for p, (_, _, gt) in zip(pts, helen) if p is not None], len(helen))
+        found, cpu_w, wall_w = run_search(wild, up, min_face, fallback, min_eye)
+        n_w = sum(p is not None for p in found)
+        print(f"| {name} | {len(helen) / wall_h:.1f} | {1000 * cpu_h / len(helen):.1f} | "
+              f"{s['detected']}/{s['n']} ({100 * s['rate']:.1f} %) | {s['nme']:.4f} / {s['median']:.4f} | "
+              f"{len(wild) / wall_w:.1f} | {1000 * cpu_w / len(wild):.1f} | {n_w}/{len(wild)} |", flush=True)
+
+
+def load_wild(folder: Path) -> list[np.ndarray]:
+    return [decode_image(f.read_bytes()).rgb for f in sorted(folder.iterdir()) if f.is_file()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=HELEN, help="Helen 300-W root with trainset/ and testset/")
@@ -196,8 +250,12 @@ def main() -> None:
     ap.add_argument("--upsample", type=int, default=0, help="HOG upsample of the first stage (recipe detect.upsample)")
     ap.add_argument("--stages-alone", action="store_true", help="also run every stage on every photo (slow: MMOD)")
     ap.add_argument("--calibrate", action="store_true", help="measure the box corrections on trainset")
+    ap.add_argument("--compare", action="store_true", help="old vs new face search on Helen test and --wild")
+    ap.add_argument("--wild", type=Path, default=WILD, help="folder of unannotated photos for --compare")
     args = ap.parse_args()
-    if args.calibrate:
+    if args.compare:
+        compare(load(args.root / "testset", args.limit), load_wild(args.wild)[: args.limit])
+    elif args.calibrate:
         calibrate(load(args.root / "trainset", args.limit))
     else:
         evaluate(load(args.root / "testset", args.limit), args.upsample, args.stages_alone)

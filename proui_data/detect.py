@@ -49,9 +49,11 @@ BOX_TO_HOG = {
     "dlib-mmod": (0.0451, 0.0694, 0.9871),
     "opencv-haar": (0.0063, 0.0724, 0.8905),
 }
-# dlib's frontal HOG detector scans an 80x80 window, so it finds no face box under ~72-80 px. Its boxes are
-# HOG_BOX_PER_EYE x the eye-centre distance (median over 379 Helen-test and 190 wild faces, IQR 2.25-2.6).
-HOG_WINDOW = 80
+# dlib's frontal HOG detector scans an 80x80 window; the face box it reports is HOG_BOX_PER_EYE x the eye-centre
+# distance (median over 379 Helen-test and 190 wild faces, IQR 2.25-2.6) and reliably at least HOG_MIN_BOX px:
+# of the 19 faces with eyes 20.6-30 px apart that HOG one level up finds in Helen test + wild, a copy at scale 1.2
+# (smallest box ~59 px) misses none, at scale 1.0 two (measured with benchmarks/landmarks.py's photos).
+HOG_MIN_BOX = 60
 HOG_BOX_PER_EYE = 2.4
 # The "min-face" search never enlarges more than HOG one pyramid level up (upsample = 1) would.
 MAX_SEARCH_SCALE = 2.0
@@ -196,10 +198,11 @@ def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
 
 
 def search_scale(min_eye_distance: float) -> float:
-    """Scale of the copy HOG searches so that a face with eyes `min_eye_distance` px apart fills its window."""
+    """Scale of the copy HOG searches so that a face with eyes `min_eye_distance` px apart fills its window
+    (below 1 for large faces: a reduced copy)."""
     if min_eye_distance <= 0:
         return MAX_SEARCH_SCALE
-    return min(MAX_SEARCH_SCALE, HOG_WINDOW / (HOG_BOX_PER_EYE * min_eye_distance))
+    return min(MAX_SEARCH_SCALE, HOG_MIN_BOX / (HOG_BOX_PER_EYE * min_eye_distance))
 
 
 def hog_boxes_scaled(rgb: np.ndarray, scale: float) -> list[Box]:

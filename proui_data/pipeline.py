@@ -21,7 +21,7 @@ import numpy as np
 from . import align, store
 from .decode import DecodeError, decode_image
 from .degrade import degrade
-from .detect import Located, NoFace, locate_face, locate_faces
+from .detect import Located, NoFace, locate_face, locate_faces, search_scale
 from .occlusion import Occlusion, OcclusionConfig, occlude
 from .priors import add_priors
 from .recipe import Recipe
@@ -63,6 +63,12 @@ def _reject(row: dict[str, Any], reason: str) -> dict[str, Any]:
 
 def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.float64) * s
+
+
+def detect_scale(recipe: Recipe, s: float) -> float | None:
+    """The scale HOG searches at on a decoded image (decoded px per source px `s`); None: at `upsample` levels."""
+    det = recipe.detect
+    return search_scale(det.min_eye_distance * s) if det.search == "min-face" else None
 
 
 def landmark_backend(recipe: Recipe) -> str:
@@ -122,7 +128,8 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
         else:
             if located is None:
                 located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
-                                      backend=landmark_backend(recipe), fallback=det.fallback)
+                                      backend=landmark_backend(recipe), fallback=det.fallback,
+                                      scale=detect_scale(recipe, s))
             if isinstance(located, NoFace):
                 raise located
             landmarks68, lm_source = located.landmarks, located.source
@@ -219,7 +226,7 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
     """Detector results for a shard's samples in one batched landmark call (the FAN backend batches its
     forward passes). Images are decoded here and again in `process_item`: decoding is < 1 ms, the network is
     the cost."""
-    want, images, boxes = [], [], []
+    want, images, boxes, scales = [], [], [], []
     for i, it in enumerate(items):
         if it.variant > 0 or not uses_detector(it, recipe):
             continue
@@ -230,11 +237,12 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
         want.append(i)
         images.append(d.rgb)
         boxes.append(prior_box(source, recipe, d.scale))
+        scales.append(detect_scale(recipe, d.scale))
     if not images:
         return {}
     try:
         found = locate_faces(images, recipe.detect.upsample, boxes, backend=landmark_backend(recipe),
-                             fallback=recipe.detect.fallback)
+                             fallback=recipe.detect.fallback, scales=scales)
     except NoFace as e:  # one faceless image raises rather than returning its NoFace
         found = [e]
     return dict(zip(want, found))
@@ -250,6 +258,7 @@ class Plan:
     fingerprint: str
     todo: list[tuple[str, int]] = field(default_factory=list)
     skipped: int = 0
+    shard_sizes: dict[str, int] = field(default_factory=dict)  # per split: the recipe's, or the "auto" choice
 
 
 def fingerprint(recipe: Recipe, source: Source, splits: dict[str, list[Item]]) -> str:
@@ -304,7 +313,10 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
     root.attrs.update(attrs)
     st = recipe.store
     for s, items in splits.items():
-        group = store.create_split(root, s, len(items), fields, st.shard_size, st.chunk_size, st.zstd_level)
+        size, chunk = (store.auto_layout(len(items), st.chunk_size) if st.shard_size == "auto"
+                       else (st.shard_size, st.chunk_size))
+        plan.shard_sizes[s] = size
+        group = store.create_split(root, s, len(items), fields, size, chunk, st.zstd_level)
         done = store.finished_shards(group)
         for k in range(len(done)):
             if done[k]:
@@ -317,7 +329,7 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
 
 
 def shard_items(plan: Plan, s: str, k: int) -> list[Item]:
-    size = plan.recipe.store.shard_size
+    size = plan.shard_sizes.get(s) or plan.recipe.store.shard_size
     return plan.splits[s][k * size:(k + 1) * size]
 
 

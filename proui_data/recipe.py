@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .align import TEMPLATE_5
 from .degrade import DegradeConfig
 from .occlusion import OcclusionConfig
 from .tables import build_dataclass, read_toml
@@ -27,6 +28,16 @@ class DecodeRecipe:
     max_side: int = 2048  # larger photos are reduced on decode
 
 
+# A detected face is a target when its HR crop enlarges it at most 1 / MIN_TARGET_SCALE (1.33x): eyes at least
+# 0.75 x the template's 27.5 HR px apart. On Helen test faces made smaller, the HR keeps 32.0 dB PSNR and 47 %
+# of the high-band energy of a sharp HR at 0.75 (35.0 dB, 61 % at 1.0; 28.6 dB, 37 % at 0.5): no knee, so the
+# bound trades sharpness for faces (docs/data.md#rejects).
+MIN_TARGET_SCALE = 0.75
+TEMPLATE_EYE_DISTANCE = float(TEMPLATE_5[1, 0] - TEMPLATE_5[0, 0])
+DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 source px
+SEARCHES = ("upsample", "min-face")
+
+
 @dataclass(frozen=True)
 class DetectRecipe:
     # "auto": the source's annotation when it has one, else dlib; "annotation": annotation or reject;
@@ -36,12 +47,19 @@ class DetectRecipe:
     upsample: int = 0  # HOG pyramid upsampling (1 finds smaller faces, ~4x slower)
     fallback: bool = True  # on a HOG miss try HOG one level up (small images), dlib MMOD, OpenCV Haar
     prior_box: bool = True  # try the source's expected face box when HOG finds nothing (aligned sources)
-    min_eye_distance: float = 8.0  # source pixels; smaller faces are rejected
+    min_eye_distance: float = DEFAULT_MIN_EYE_DISTANCE  # source pixels; smaller faces are face_too_small
+    # Where HOG searches: "upsample" (unset) the full image at `upsample` pyramid levels; "min-face" a copy
+    # scaled so that a face with eyes `min_eye_distance` apart just fills HOG's window (detect.search_scale),
+    # landmarks still at full resolution. Unset rather than "upsample" so that the recipes that do not use it
+    # record, and fingerprint, exactly what they did before.
+    search: str | None = None
 
 
 @dataclass(frozen=True)
 class StoreRecipe:
-    shard_size: int = 256  # samples per shard (one object per array per shard)
+    # samples per shard (one object per array per shard), or "auto": ~16 shards per split, 8 to 256 samples
+    # each (store.auto_layout; the size chosen is recorded per split like a fixed one)
+    shard_size: int | str = 256
     chunk_size: int = 32  # samples per inner chunk (random-access granularity)
     zstd_level: int = 3
 
@@ -95,10 +113,17 @@ def _build(cls: type, data: dict, where: str) -> Any:
 def _check(r: Recipe) -> Recipe:
     if r.detect.landmarks not in ("auto", "annotation", "dlib", "face-alignment"):
         raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib, face-alignment")
+    if r.detect.search not in (None, *SEARCHES):
+        raise RecipeError(f"detect.search: {r.detect.search!r} is not one of {', '.join(SEARCHES)}")
+    if r.detect.min_eye_distance < 0:
+        raise RecipeError(f"detect.min_eye_distance: {r.detect.min_eye_distance} is negative")
     if r.degrade.scale != 8:
         raise RecipeError("degrade.scale: the store contract is 128x128 HR and 16x16 LR, so scale must be 8")
     s = r.store
-    if s.shard_size < 1 or s.chunk_size < 1 or s.shard_size % s.chunk_size:
+    if s.shard_size == "auto":
+        if s.chunk_size < 1:
+            raise RecipeError(f"store: chunk_size ({s.chunk_size}) must be positive")
+    elif s.shard_size < 1 or s.chunk_size < 1 or s.shard_size % s.chunk_size:
         raise RecipeError(f"store: shard_size ({s.shard_size}) must be a positive multiple of chunk_size ({s.chunk_size})")
     if r.occlusion is not None and r.occlusion.variants > 64:
         raise RecipeError(f"occlusion.variants: {r.occlusion.variants} is more than 64 rows per face")
@@ -110,7 +135,12 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     try:
         # `occlusion` defaults to None (no occlusion), which says nothing of its type: it is read on its own.
         rest = {k: v for k, v in data.items() if k != "occlusion"}
+        auto = isinstance(rest.get("store"), dict) and rest["store"].get("shard_size") == "auto"
+        if auto:  # the one string a number field takes
+            rest["store"] = {k: v for k, v in rest["store"].items() if k != "shard_size"}
         r = _build(Recipe, rest, "")
+        if auto:
+            r = r.replace(store=dataclasses.replace(r.store, shard_size="auto"))
         if data.get("occlusion") is not None:
             r = r.replace(occlusion=OcclusionConfig.from_dict(data["occlusion"], "occlusion", RecipeError))
         return _check(r)

@@ -59,6 +59,21 @@ def create_split(
     return group
 
 
+# store.shard_size = "auto": about AUTO_SHARDS shards per split, so that a small build still gives every worker
+# several tasks (and a killed one loses little); a function of the sample count only, so a store's layout is
+# fixed by its sample list (resume, determinism), whatever the number of workers.
+AUTO_SHARDS = 16
+AUTO_MIN, AUTO_MAX = 8, 256
+
+
+def auto_layout(n: int, chunk_size: int) -> tuple[int, int]:
+    """(shard_size, chunk_size) for a split of `n` samples under `shard_size = "auto"`."""
+    size = min(AUTO_MAX, max(AUTO_MIN, -(-n // AUTO_SHARDS)))
+    if size < chunk_size:
+        return size, size  # a chunk must divide its shard: one chunk per shard
+    return -(-size // chunk_size) * chunk_size, chunk_size
+
+
 def shard_range(k: int, shard_size: int, n: int) -> tuple[int, int]:
     return k * shard_size, min((k + 1) * shard_size, n)
 

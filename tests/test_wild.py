@@ -43,7 +43,10 @@ def make_zoo(d) -> dict[str, str | None]:
     expect["broken.gif"] = None
     os.symlink(d / "a_face.jpg", d / "link.jpg")
     os.symlink(d / "missing.jpg", d / "dangling.jpg")
-    expect.update({"link.jpg": None, "dangling.jpg": "dangling_link"})
+    os.symlink(d / "loop_b.jpg", d / "loop_a.jpg")  # links to each other: stat fails with ELOOP
+    os.symlink(d / "loop_a.jpg", d / "loop_b.jpg")
+    expect.update({"link.jpg": None, "dangling.jpg": "dangling_link", "loop_a.jpg": "unreadable",
+                   "loop_b.jpg": "unreadable"})
     (d / "x.jpg").mkdir()
     _save(d / "x.jpg" / "inner.png", small, "PNG")
     expect.update({"x.jpg": "directory", "x.jpg/inner.png": None})
@@ -97,3 +100,139 @@ def test_zoo_build_never_stops_and_reports_skips(tmp_path):
         n = sum(v == reason for v in skipped.values())
         assert f"skipped {reason}: {n} (" in info
     assert "dangling.jpg" in info
+
+
+# --- B: faces too small to be targets
+
+def test_min_eye_distance_default_comes_from_the_template():
+    from proui_data import align
+    from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE, load_recipe
+
+    eyes = float(np.linalg.norm(align.TEMPLATE_5[1] - align.TEMPLATE_5[0]))
+    assert DEFAULT_MIN_EYE_DISTANCE == pytest.approx(0.75 * eyes, abs=0.05) == 20.6
+    assert load_recipe(None, "folder").detect.min_eye_distance == DEFAULT_MIN_EYE_DISTANCE
+    for source in ("celeba", "helen", "demo"):  # what they accepted before the default changed
+        assert load_recipe(None, source).detect.min_eye_distance == 8.0
+
+
+def test_face_too_small_is_rejected_and_counted(tmp_path):
+    import cv2
+
+    from proui_data.recipe import load_recipe
+
+    d = tmp_path / "photos"
+    face = demo_photo("astronaut.jpg")  # eyes 43.6 px apart
+    write_jpeg(d / "big.jpg", face)
+    write_jpeg(d / "small.jpg", cv2.resize(face, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA))  # 17 px
+    # the search that still finds the 17 px face (HOG one level up): found, then rejected for its size
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[detect]\nlandmarks = "dlib"\nupsample = 1\nprior_box = false\n')
+    out = tmp_path / "f.zarr"
+    r = CliRunner().invoke(cli, ["build", "--source", "folder", "--root", str(d), "--recipe", str(recipe),
+                                 "--out", str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    g = zarr.open_group(str(out), mode="r")["train"]
+    assert dict(zip(g["key"][:], g["reject_reason"][:])) == {"big.jpg": "", "small.jpg": "face_too_small"}
+    assert "rejected face_too_small: 1" in CliRunner().invoke(cli, ["info", str(out)]).output
+    # the old bound (8 px) keeps it
+    from proui_data.pipeline import plan_build
+    from proui_data.runner import run_plan
+
+    old = load_recipe(recipe, "folder")
+    old = old.replace(detect=old.detect.__class__(landmarks="dlib", upsample=1, prior_box=False, min_eye_distance=8.0))
+    run_plan(plan_build(get_source("folder", str(d)), old, str(tmp_path / "old.zarr")), workers=0, progress=False)
+    assert zarr.open_group(str(tmp_path / "old.zarr"), mode="r")["train"]["valid"][:].all()
+
+
+# --- C: the search on a scaled copy
+
+def test_search_scale_puts_the_smallest_accepted_face_at_hogs_window():
+    from proui_data import detect
+
+    s = detect.search_scale(20.6)
+    assert 1.1 < s < 1.3
+    assert s * 20.6 * detect.HOG_BOX_PER_EYE == pytest.approx(detect.HOG_MIN_BOX)
+    assert detect.search_scale(80) < 0.5  # large accepted faces: a reduced copy
+    assert detect.search_scale(1) == detect.search_scale(0) == detect.MAX_SEARCH_SCALE
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.5, 2.0])
+def test_boxes_found_on_a_scaled_copy_map_back(scale):
+    from proui_data import detect
+
+    face = demo_photo("astronaut.jpg")
+    ref = detect.hog_boxes(face, 0)[0]
+    box = detect.hog_boxes_scaled(face, scale)[0]
+    width = ref[2] - ref[0]
+    assert np.abs(np.subtract(box, ref)).max() < 0.15 * width
+    # landmarks are predicted at full resolution in the mapped box
+    err = np.abs(detect.predict_in_box(face, box) - detect.predict_in_box(face, ref)).mean()
+    assert err < 0.02 * width
+
+
+def test_min_face_folder_build_finds_the_faces(tmp_path):
+    from proui_data.recipe import load_recipe
+
+    recipe = load_recipe(None, "folder")
+    assert recipe.detect.search == "min-face" and recipe.detect.fallback is False
+    d = tmp_path / "photos"
+    write_jpeg(d / "a.jpg", demo_photo("astronaut.jpg"))
+    write_jpeg(d / "b.jpg", demo_photo("grace_hopper.jpg"))
+    write_jpeg(d / "c.jpg", np.full((300, 400, 3), 90, np.uint8))
+    out = tmp_path / "f.zarr"
+    r = CliRunner().invoke(cli, ["build", "--source", "folder", "--root", str(d), "--out", str(out),
+                                 "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    g = zarr.open_group(str(out), mode="r")["train"]
+    assert list(g["reject_reason"][:]) == ["", "", "no_face"]
+    assert set(g["landmark_source"][:][:2]) == {"dlib-hog"}
+
+
+def test_recipes_without_search_record_what_they_did_before():
+    from proui_data.recipe import load_recipe, parse_recipe
+
+    # exactly the tables they recorded (and fingerprinted) before: same stores, resumable
+    before = {"celeba": {"landmarks": "auto", "upsample": 0, "fallback": False, "prior_box": True,
+                         "min_eye_distance": 8.0},
+              "helen": {"landmarks": "auto", "upsample": 1, "fallback": True, "prior_box": True,
+                        "min_eye_distance": 8.0}}
+    for source, detect in before.items():
+        r = load_recipe(None, source).to_dict()
+        assert r["detect"] == detect and r["store"]["shard_size"] == 256
+    with pytest.raises(ValueError, match="detect.search"):
+        parse_recipe({"detect": {"search": "pyramid"}})
+
+
+# --- D: shard_size = "auto"
+
+def test_auto_layout_depends_on_the_sample_count_only():
+    from proui_data.store import AUTO_MAX, auto_layout
+
+    assert auto_layout(20, 32) == (8, 8)
+    assert auto_layout(200, 32) == (13, 13)
+    assert auto_layout(1000, 32) == (64, 32)
+    assert auto_layout(10**6, 32) == (AUTO_MAX, 32)
+    for n in (1, 20, 200, 5000):
+        size, chunk = auto_layout(n, 32)
+        assert size % chunk == 0 and -(-n // size) <= 16 or size == AUTO_MAX
+
+
+def test_auto_shards_are_recorded_and_resume(tmp_path):
+    from proui_data.pipeline import plan_build
+    from proui_data.recipe import load_recipe
+    from proui_data.runner import run_plan
+
+    d = tmp_path / "photos"
+    for i in range(20):
+        _save(d / f"{i:02d}.png", np.full((64, 64, 3), 10 * i, np.uint8), "PNG")
+    recipe = load_recipe(None, "folder")
+    assert recipe.store.shard_size == "auto"
+    plan = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "a.zarr"))
+    assert plan.shard_sizes == {"train": 8} and len(plan.todo) == 3
+    run_plan(plan, workers=0, progress=False)
+    g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["train"]
+    assert g.attrs["shard_size"] == 8 and g.attrs["n_shards"] == 3 and g["hr"].shards[0] == 8
+    assert list(g["key"][:]) == [f"{i:02d}.png" for i in range(20)]
+    again = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "a.zarr"))
+    assert again.todo == [] and again.skipped == 3
+    assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r").attrs["recipe"]["store"]["shard_size"] == "auto"

@@ -84,7 +84,13 @@ def _is_image_file(path: str) -> bool:
     try:
         with Image.open(path):
             return True
-    except (UnidentifiedImageError, ValueError, SyntaxError):
+    except Image.DecompressionBombError:
+        return True  # an image; decode rejects it as decode:too_large
+    except OSError as e:
+        if isinstance(e, UnidentifiedImageError):
+            return False
+        raise  # unreadable
+    except Exception:  # noqa: BLE001 - a plugin choking on a stranger's header must not stop the scan
         return False
 
 
