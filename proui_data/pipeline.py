@@ -82,6 +82,36 @@ def uses_detector(item: Item, recipe: Recipe) -> bool:
     return recipe.detect.landmarks in ("dlib", "face-alignment") or (recipe.detect.landmarks == "auto" and not annotated)
 
 
+def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe: Recipe,
+                   located: Located | NoFace | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(68 points, 5 alignment points, landmark_source) in decoded-image pixels: the annotation when the recipe
+    takes it, else the detector chain; raises NoFace with the reject reason."""
+    det = recipe.detect
+    annotated = _scaled(item.landmarks, s)
+    if annotated is not None and (annotated.shape[0] not in (5, 68) or not np.isfinite(annotated).all()):
+        annotated = None
+    use_annotation = det.landmarks in ("auto", "annotation") and annotated is not None
+    if det.landmarks == "annotation" and annotated is None:
+        raise NoFace("annotation_missing")
+    if use_annotation and annotated.shape[0] == 68:
+        return annotated, align.landmarks68_to_5(annotated), "annotation"
+    if use_annotation:
+        # 5 points align the face; the 68 come from the predictor in the template's face box.
+        m = align.similarity_transform(annotated, align.TEMPLATE_5)
+        box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
+                                        np.array(align.TEMPLATE_BOX).reshape(2, 2))
+        found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
+        backend = "fan" if landmark_backend(recipe) == "face-alignment" else "dlib"
+        return found.landmarks, annotated, "annotation5+" + backend
+    if located is None:
+        located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
+                              backend=landmark_backend(recipe), fallback=det.fallback,
+                              scale=detect_scale(recipe, s))
+    if isinstance(located, NoFace):
+        raise located
+    return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
+
+
 def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field],
                  located: Located | NoFace | None = None) -> dict[str, Any]:
     """One sample through the whole flow; returns one value per field (see module docstring).
@@ -105,35 +135,8 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # landmarks (in decoded-image pixels)
     det = recipe.detect
-    annotated = _scaled(item.landmarks, s)
-    if annotated is not None and (annotated.shape[0] not in (5, 68) or not np.isfinite(annotated).all()):
-        annotated = None
-    use_annotation = det.landmarks in ("auto", "annotation") and annotated is not None
-    if det.landmarks == "annotation" and annotated is None:
-        return _reject(row, "annotation_missing")
-    landmarks68 = None
     try:
-        if use_annotation and annotated.shape[0] == 68:
-            landmarks68, lm_source = annotated, "annotation"
-            points5 = align.landmarks68_to_5(landmarks68)
-        elif use_annotation:
-            # 5 points align the face; the 68 come from the predictor in the template's face box.
-            points5, lm_source = annotated, "annotation5"
-            m = align.similarity_transform(points5, align.TEMPLATE_5)
-            box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
-                                            np.array(align.TEMPLATE_BOX).reshape(2, 2))
-            found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
-            landmarks68 = found.landmarks
-            lm_source = "annotation5+" + ("fan" if landmark_backend(recipe) == "face-alignment" else "dlib")
-        else:
-            if located is None:
-                located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
-                                      backend=landmark_backend(recipe), fallback=det.fallback,
-                                      scale=detect_scale(recipe, s))
-            if isinstance(located, NoFace):
-                raise located
-            landmarks68, lm_source = located.landmarks, located.source
-            points5 = align.landmarks68_to_5(landmarks68)
+        landmarks68, points5, lm_source = find_landmarks(rgb, s, item, source, recipe, located)
     except NoFace as e:
         return _reject(row, str(e))
 
