@@ -126,13 +126,17 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
 @click.option("--card", type=click.Path(exists=True, dir_okay=False), help="Model card (README.md) to include.")
 @click.option("--metrics", "metrics_path", type=click.Path(exists=True, dir_okay=False),
               help="An eval metrics.json to record in the weights' metadata.")
-def release(run_dir, out_dir, card, metrics_path):
+@click.option("--check", "check_path", type=click.Path(exists=True, dir_okay=False),
+              help="Figures on fixed slices (JSON) that a test recomputes from the released file.")
+def release(run_dir, out_dir, card, metrics_path, check_path):
     """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md)."""
     ck = load_checkpoint(run_dir)
     generator = load_generator(run_dir)
     extra = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
     if metrics_path:
         extra["metrics"] = json.loads(Path(metrics_path).read_text())
+    if check_path:
+        extra["check"] = json.loads(Path(check_path).read_text())
     text = Path(card).read_text(encoding="utf-8") if card else ""
     out = save_release(out_dir, generator, config_from_dict(ck["config"]), text, extra)
     click.echo(f"wrote {out} (step {ck['step']}, {extra['weights']} weights)")
