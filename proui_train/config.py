@@ -12,6 +12,8 @@ from typing import Any
 
 from proui_data.tables import build_dataclass, read_toml
 
+from .losses import LossConfig  # the [loss] table is the loss function's own weights type
+
 
 class ConfigError(ValueError):
     pass
@@ -41,26 +43,6 @@ class ModelConfig:
     residual: bool = False  # not the reference: each stage adds the bicubic x2 of its input to its output
     align_corners: bool = True  # the reference's bilinear x2 upsampling
     init_bias_std: float = 0.02  # the reference draws conv biases from N(0, 0.02); 0: zeros
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    face_l2: tuple[float, float, float] = (10.0, 1.0, 1.0)
-    out_l2: tuple[float, float, float] = (10.0, 1.0, 1.0)
-    heatmap: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    prior: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    tv: tuple[float, float, float] = (0.1, 0.1, 0.01)
-    style: tuple[float, float, float] = (10.0, 10.0, 1.0)
-    perceptual: tuple[float, float, float] = (0.1, 0.01, 0.01)
-    adversarial: float = 1e-3  # global discriminator on the 128x128 face
-    # The paper's local discriminator on a 64x64 crop centred on the occlusion (the face centre where a sample
-    # has none); the released code trains none. 0: off.
-    local_adversarial: float = 0.0
-    # Not the reference: the face_l2 / out_l2 terms weigh occluded pixels (1 + mask_weight) times (0: plain MSE).
-    mask_weight: float = 0.0
-    # Style and perceptual terms need VGG19 weights, which cannot be downloaded here: a local torchvision
-    # `vgg19` state dict (.pth) or .safetensors file. Empty: both terms are off.
-    vgg_weights: str = ""
 
 
 @dataclass(frozen=True)

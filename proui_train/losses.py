@@ -85,8 +85,9 @@ def lsgan_discriminator_loss(
 
 
 @dataclass(frozen=True)
-class StageLossWeights:
-    """Loss weights per stage (stage 1, 2, 3), as in the reference's train.py unless marked.
+class LossConfig:
+    """Loss weights per stage (stage 1, 2, 3), as in the reference's train.py unless marked; the `[loss]`
+    table of a training config.
 
     face_l2      L2 between the refined face and the HR at the stage's input resolution (16, 32, 64)
     out_l2       L2 between the upsampled output and the HR at twice that (32, 64, 128)
@@ -99,6 +100,8 @@ class StageLossWeights:
     adversarial  LSGAN generator term of the global discriminator on the final 128x128 output
     local_adversarial  the same for the local discriminator on 64x64 crops (the paper's; not in the released code)
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
+    vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
+                 perceptual terms (VGG19 cannot be downloaded here); empty: both terms are off
     """
 
     face_l2: tuple[float, ...] = (10.0, 1.0, 1.0)
@@ -111,9 +114,10 @@ class StageLossWeights:
     adversarial: float = 1e-3
     local_adversarial: float = 0.0
     mask_weight: float = 0.0
+    vgg_weights: str = ""
 
     def __post_init__(self) -> None:
-        scalars = ("adversarial", "local_adversarial", "mask_weight")
+        scalars = ("adversarial", "local_adversarial", "mask_weight", "vgg_weights")
         lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name not in scalars}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every per-stage weight needs one value per stage, got lengths {lengths}")
@@ -121,6 +125,9 @@ class StageLossWeights:
     @property
     def n_stages(self) -> int:
         return len(self.face_l2)
+
+
+StageLossWeights = LossConfig  # the name generator_loss's callers have used
 
 
 def hr_pyramid(hr: torch.Tensor, sizes: Sequence[int] = HR_SIZES) -> dict[int, torch.Tensor]:
@@ -179,7 +186,7 @@ def _vgg_terms(stage: Mapping[str, torch.Tensor], vgg: VGGFeatureExtractor, targ
 def generator_loss(
     outputs: Mapping,
     targets: Mapping[str, Mapping[int, torch.Tensor]],
-    weights: StageLossWeights | None = None,
+    weights: LossConfig | None = None,
     vgg: VGGFeatureExtractor | None = None,
     d_fake: torch.Tensor | Sequence[torch.Tensor] | None = None,
     d_fake_local: torch.Tensor | None = None,
@@ -202,7 +209,7 @@ def generator_loss(
     Terms are named 'stage{s}/{face_l2,out_l2,heatmap,prior,tv,style,perceptual}' and 'adversarial'; a term
     whose weight is 0 is skipped. The dict holds 0-d tensors (call .item() when logging, not per step).
     """
-    weights = weights or StageLossWeights()
+    weights = weights or LossConfig()
     stages = outputs["stages"]
     if len(stages) != weights.n_stages:
         raise ValueError(f"{len(stages)} generator stages but weights for {weights.n_stages}")

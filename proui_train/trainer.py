@@ -7,6 +7,7 @@ checkpoints) is `train.py`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -21,7 +22,7 @@ from proui_train.targets import render_heatmaps_torch
 
 from .augment import flip_batch
 from .config import TrainConfig
-from .losses import StageLossWeights, generator_loss, hr_pyramid, lsgan_discriminator_loss
+from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
 from .runtime import build_generator
 
@@ -29,12 +30,9 @@ log = logging.getLogger(__name__)
 LOCAL_CROP = 64
 
 
-def loss_weights(cfg: TrainConfig) -> StageLossWeights:
-    w = cfg.loss
-    prior = (0.0, 0.0, 0.0) if cfg.model.prior == "fan" else w.prior  # a frozen FAN is not trained
-    return StageLossWeights(face_l2=w.face_l2, out_l2=w.out_l2, heatmap=w.heatmap, prior=prior, tv=w.tv,
-                            style=w.style, perceptual=w.perceptual, adversarial=w.adversarial,
-                            local_adversarial=w.local_adversarial, mask_weight=w.mask_weight)
+def loss_weights(cfg: TrainConfig) -> LossConfig:
+    """The config's loss weights; a frozen FAN prior is not trained, so its prior term is off."""
+    return dataclasses.replace(cfg.loss, prior=(0.0,) * cfg.loss.n_stages) if cfg.model.prior == "fan" else cfg.loss
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
