@@ -1,4 +1,4 @@
-"""The streaming loader (proui_train/data.py) over small synthetic stores in the store contract's layout.
+"""The streaming loader (proui_train/data/) over small synthetic stores in the store contract's layout.
 
 Most tests drive the dataset's workers in-process (`iter_worker`) with the DataLoader's round robin; two tests
 run real spawned DataLoader workers and check that they give exactly what the in-process model predicts.
