@@ -88,17 +88,18 @@ def evaluate_generator(generator: torch.nn.Module, val: dict[str, torch.Tensor],
     """Per-sample metrics of `generator` (eval mode) on `val`."""
     from proui_train.evaluate import heatmaps_to_points, nme
     from proui_train.metrics import quality
-    from proui_train.train import stage_heatmaps
+    from proui_train.runtime import from_uint8, to_uint8
+    from proui_train.trainer import StageHeatmaps
 
     generator.eval()
     per: dict[str, list[np.ndarray]] = {}
     for i in range(0, val["hr"].shape[0], batch):
         hr, lr, mask, lms = (val[k][i:i + batch] for k in ("hr", "lr", "mask", "landmarks"))
-        out = generator(lr / 127.5 - 1.0)
-        sr = ((out["final"].clamp(-1, 1) + 1) * 127.5).round()
+        out = generator(from_uint8(lr))
+        sr = to_uint8(out["final"])
         got = {k: v.numpy() for k, v in quality(sr, hr, mask).items()}
         got["nme"] = nme(heatmaps_to_points(out["stages"][-1]["heatmaps"]).numpy(), lms.numpy())
-        targets = stage_heatmaps(lms, sigmas)
+        targets = StageHeatmaps(sigmas)(lms)
         for s, stage in enumerate(out["stages"], 1):
             t = targets[stage["heatmaps"].shape[-1]]
             got[f"hm{s}"] = ((stage["heatmaps"] - t) ** 2).flatten(1).mean(1).numpy()
@@ -109,7 +110,7 @@ def evaluate_generator(generator: torch.nn.Module, val: dict[str, torch.Tensor],
 
 
 def run_setting(name: str, args: argparse.Namespace, val: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    from proui_train.evaluate import load_generator
+    from proui_train.runtime import load_generator
     from proui_train.train import train
 
     cfg = make_config(name, args.store, args.steps, args.batch_size, args.run_root, args.seed)

@@ -20,6 +20,7 @@ benchmark sets in an ignored folder, and zarr/numcodecs/donfig/crc32c wheels (se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proui_train import train as train_mod  # noqa: E402
+from proui_train.train import make_batcher  # noqa: E402
 from proui_train.config import TrainConfig, load_config  # noqa: E402
-from proui_train.data import DeviceBatcher, StoreDataset, make_loader  # noqa: E402
 from proui_train.evaluate import evaluate  # noqa: E402
 from proui_train.runtime import pick_device, seed_everything  # noqa: E402
 from proui_train.trainer import ProUIGANTrainer  # noqa: E402
@@ -47,13 +48,13 @@ def gpu_config(store: str, run_dir: str, batch: int, steps: int, reference: bool
 
 
 def batches(cfg: TrainConfig, device: torch.device, workers: int):
-    arrays = ("hr", cfg.data.input, "landmarks", "occlusion_mask")
-    ds = StoreDataset(cfg.data.store, cfg.data.train_split, arrays=arrays, seed=0, shuffle=True)
-    loader = make_loader(ds, batch_size=cfg.data.batch_size, num_workers=workers, reuse_batches=True)
+    """Endless device batches of the train split, through the trainer's own loader."""
+    batcher = make_batcher(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=workers)),
+                           device, 0, 1)
     epoch = 0
     while True:
-        loader.set_epoch(epoch)
-        yield from DeviceBatcher(loader, device)
+        batcher.set_epoch(epoch)
+        yield from batcher
         epoch += 1
 
 
@@ -94,7 +95,7 @@ def precision_agreement(cfg: TrainConfig, device: torch.device, steps: int) -> d
         fixed.append({k: v.clone() for k, v in next(it).items()})
     losses = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
-        c = load_config(None, {**_flat(cfg), "bf16": bf16})
+        c = dataclasses.replace(cfg, bf16=bf16)
         seed_everything(0)
         trainer = ProUIGANTrainer(c, device)
         if device.type != "cuda" and bf16:  # the trainer autocasts on CUDA only; on CPU force it for the check
@@ -103,17 +104,6 @@ def precision_agreement(cfg: TrainConfig, device: torch.device, steps: int) -> d
                         for s, b in enumerate(fixed)]
     rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses["fp32"], losses["bf16"])]
     return {**losses, "max_relative_difference": max(rel), "mean_relative_difference": sum(rel) / len(rel)}
-
-
-def _flat(cfg: TrainConfig) -> dict:
-    """A TrainConfig as dotted overrides (for a variant of it)."""
-    out = {}
-    for k, v in cfg.to_dict().items():
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[k] = v
-    return out
 
 
 def main() -> None:
@@ -137,7 +127,7 @@ def main() -> None:
     report["eager_bf16"] = throughput(cfg, device, timed, warm, workers)
     print("eager bf16:", report["eager_bf16"], flush=True)
     if device.type == "cuda":
-        compiled = load_config(None, {**_flat(cfg), "compile": True})
+        compiled = dataclasses.replace(cfg, compile=True)
         report["compiled_bf16"] = throughput(compiled, device, timed, warm, workers)
         print("compiled bf16:", report["compiled_bf16"], flush=True)
     report["precision"] = precision_agreement(cfg, device, agree)

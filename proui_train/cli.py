@@ -15,7 +15,7 @@ from .evaluate import evaluate
 from .infer import infer_paths
 from .release import PublishError, publish_weights, save_release
 from .report import picture_grid, plot_curves
-from .runtime import load_generator
+from .runtime import generator_from_checkpoint
 from .train import TrainingStopped, train
 
 
@@ -130,8 +130,8 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
               help="Figures on fixed slices (JSON) that a test recomputes from the released file.")
 def release(run_dir, out_dir, card, metrics_path, check_path):
     """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md)."""
-    ck = load_checkpoint(run_dir)
-    generator = load_generator(run_dir)
+    ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
+    generator = generator_from_checkpoint(ck)
     extra = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
     if metrics_path:
         extra["metrics"] = json.loads(Path(metrics_path).read_text())

@@ -17,14 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from proui_data.publish import PublishError, find_token, scrub
+
 from .config import TrainConfig, config_from_dict
 
 CONFIG_KEY = "proui_config"
 WEIGHTS = "model.safetensors"
-
-
-class PublishError(RuntimeError):
-    """Publishing failed; the message is safe to show (no token in it)."""
 
 
 def weights_path(path: str | Path) -> Path | None:
@@ -83,9 +81,9 @@ def publish_weights(folder: str | Path, repo_id: str, *, dry_run: str | Path | N
     if dry_run is not None:
         shutil.copytree(folder, dry_run, dirs_exist_ok=True)
         return str(dry_run)
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import HfApi, constants
 
-    token = get_token()
+    token = find_token()
     if not token:
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run DIR)")
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
@@ -96,5 +94,5 @@ def publish_weights(folder: str | Path, repo_id: str, *, dry_run: str | Path | N
                                  commit_message="proui-train publish")
         return str(getattr(info, "commit_url", info))
     except Exception as e:  # noqa: BLE001 - every library error is re-raised without the token
-        raise PublishError(f"publishing to {repo_id} at {endpoint} failed: {type(e).__name__}: {e}"
-                           .replace(token, "***")) from None
+        raise PublishError(scrub(f"publishing to {repo_id} at {endpoint} failed: {type(e).__name__}: {e}",
+                                 token)) from None

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, config_from_dict
 from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
+from .release import is_weights_file, load_weights_file
 
 if TYPE_CHECKING:
     from .models.pro_uigan import HeatmapEstimator
@@ -55,19 +57,23 @@ def build_generator(cfg: TrainConfig | ModelConfig, device: torch.device | str =
 
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu", use_ema: bool | None = None) -> nn.Module:
-    """A generator in eval mode from a run folder, a checkpoint folder, or a released weights file
-    (`.safetensors` with its config in the metadata). `use_ema=None` takes the weights the checkpoint
-    recommends (its `inference_weights`, the EMA unless recorded otherwise)."""
-    from .checkpoint import load_checkpoint
-    from .release import is_weights_file, load_weights_file
-
+    """A generator in eval mode from a run folder, a checkpoint folder, or a release (folder or its
+    `.safetensors`, the config in the metadata). `use_ema=None` takes the weights the checkpoint recommends
+    (its `inference_weights`, the EMA unless recorded otherwise)."""
     if is_weights_file(path):
         cfg, state = load_weights_file(path)
-    else:
-        ck = load_checkpoint(path)
-        cfg = config_from_dict(ck["config"])
-        which = ("ema" if use_ema else "generator") if use_ema is not None else ck.get("inference_weights", "ema")
-        state = ck[which]
+        return _loaded(cfg, state, device)
+    return generator_from_checkpoint(load_checkpoint(path), device, use_ema)
+
+
+def generator_from_checkpoint(ck: dict, device: torch.device | str = "cpu", use_ema: bool | None = None
+                              ) -> nn.Module:
+    """The generator (eval mode) of a checkpoint already read with `load_checkpoint`."""
+    which = ("ema" if use_ema else "generator") if use_ema is not None else ck.get("inference_weights", "ema")
+    return _loaded(config_from_dict(ck["config"]), ck[which], device)
+
+
+def _loaded(cfg: TrainConfig, state: dict, device: torch.device | str) -> nn.Module:
     g = build_generator(cfg, device)
     g.load_state_dict(state)
     return g.to(device).eval()

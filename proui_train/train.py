@@ -28,8 +28,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import DeviceBatcher, StoreDataset, make_loader
 from .metrics import quality
-from .runtime import build_generator, pick_device, seed_everything, to_uint8  # noqa: F401 - re-exported
-from .trainer import ProUIGANTrainer, unwrap, weights_sha256  # noqa: F401 - re-exported
+from .runtime import pick_device, seed_everything, to_uint8
+from .trainer import ProUIGANTrainer, unwrap
 
 log = logging.getLogger(__name__)
 

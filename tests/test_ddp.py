@@ -20,7 +20,8 @@ from proui_train.checkpoint import load_checkpoint
 from proui_train.config import load_config
 from proui_train.data import StoreDataset, make_loader
 from proui_train.models import global_discriminator
-from proui_train.train import build_generator, weights_sha256
+from proui_train.runtime import build_generator
+from proui_train.trainer import weights_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240  # per launch; ~15-25 s on an idle 2-core machine

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from proui_train import train as train_mod
 from proui_train import trainer as trainer_mod
+from proui_train.runtime import build_generator
 from proui_train.checkpoint import load_checkpoint, save_checkpoint
 from proui_train.cli import main as cli
 from proui_train.config import ConfigError, load_config
@@ -135,7 +136,7 @@ def test_fan_prior_loads_local_weights(tmp_path):
     path = tmp_path / "fan4.pth"
     torch.save(fa_models.FAN(4).state_dict(), path)
     cfg = load_config(None, sets=['model.prior="fan"', f'model.fan_weights="{path}"'])
-    g = train_mod.build_generator(cfg).eval()
+    g = build_generator(cfg).eval()
     assert trainer_mod.loss_weights(cfg).prior == (0.0, 0.0, 0.0)
     with torch.no_grad():
         out = g(torch.zeros(1, 3, 16, 16))
@@ -145,4 +146,4 @@ def test_fan_prior_loads_local_weights(tmp_path):
     assert all(p.requires_grad for p in g.parameters())
     missing = load_config(None, sets=['model.prior="fan"', f'model.fan_weights="{tmp_path / "nope.pth"}"'])
     with pytest.raises(Exception, match="nope.pth|2DFAN"):
-        train_mod.build_generator(missing)
+        build_generator(missing)
