@@ -11,6 +11,18 @@ Where it comes from: CelebA's own `img_align_celeba` geometry. We ran dlib's 68-
 (105.8, 152.8). The crop is the central 178x178 square of that frame (rows 20..197) scaled by 128/178,
 the crop face-hallucination papers use for CelebA at 128x128; the result was then made symmetric about
 x = 63.5. `benchmarks/template.py` recomputes it.
+
+Named templates (`TEMPLATES`, the recipe's `align.template`): `celeba`, the above, the default; `fsrnet`, the
+frame of the FSRNet test sets (CelebA-1000, Helen-50), where faces are ~1.27x larger and sit ~19 px higher:
+
+    (46.05, 48.0) (80.95, 48.0) (63.5, 66.9) (47.4, 82.15) (79.6, 82.15)
+
+derived from that frame's geometry only: the same five dlib points averaged over 378 of the first 400
+FSRNet CelebA-1000 HR crops as they are, made symmetric. The similarity from `fsrnet` to `celeba` has scale
+0.813 and shift (11.9, 28.2) HR px. A model evaluated on the FSRNet sets is trained in this frame.
+
+Border: where the template reaches past the source image, `warp_to_template` fills by `BORDERS[border]` and
+`padded_fraction` says how much of the crop that is (stored per sample as `padded`).
 """
 from __future__ import annotations
 
@@ -22,6 +34,11 @@ from .schema import HR_SIZE
 TEMPLATE_5 = np.array(
     [[49.75, 66.6], [77.25, 66.6], [63.5, 82.6], [51.1, 95.5], [75.9, 95.5]], dtype=np.float64
 )
+TEMPLATE_FSRNET = np.array(
+    [[46.05, 48.0], [80.95, 48.0], [63.5, 66.9], [47.4, 82.15], [79.6, 82.15]], dtype=np.float64
+)
+TEMPLATES = {"celeba": TEMPLATE_5, "fsrnet": TEMPLATE_FSRNET}
+BORDERS = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 # Mean dlib HOG face box on CelebA aligned 178x218 frames (same 390 images): x0, y0, x1, y1.
 CELEBA_ALIGNED_BOX = (43.0, 88.0, 133.0, 177.0)
 
@@ -71,12 +88,39 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return a[:2]
 
 
-def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE) -> np.ndarray:
+def template_points(name: str) -> np.ndarray:
+    """The five template points of a named template (see module docstring)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def template_box(name: str = "celeba") -> tuple[float, float, float, float]:
+    """The face box (x0, y0, x1, y1, HR px) the shape predictor looks in on a face aligned to `name`."""
+    m = similarity_transform(TEMPLATE_5, template_points(name))
+    corners = apply_transform(m, np.array(TEMPLATE_BOX).reshape(2, 2))
+    return tuple(float(v) for v in corners.ravel())
+
+
+def padded_fraction(m: np.ndarray, source_hw: tuple[int, int], size: int = HR_SIZE) -> float:
+    """Share of the size x size crop of `m` whose pixel centre falls outside the source image."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    src = apply_transform(inv, np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64))
+    h, w = source_hw
+    inside = (src[:, 0] >= -0.5) & (src[:, 0] <= w - 0.5) & (src[:, 1] >= -0.5) & (src[:, 1] <= h - 0.5)
+    return float(1.0 - inside.mean())
+
+
+def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE, border: str = "replicate") -> np.ndarray:
     """Warp `image` with the (2,3) map `m` into a size x size crop.
 
     A large reduction is first done with area averaging, so that the bilinear warp does not alias.
-    Pixels outside the source are filled by edge replication (reflection would mirror faces).
+    Pixels outside the source are filled by `border`: "replicate" (edge pixels), "reflect" (mirror without
+    repeating the edge) or "constant" (the source's mean colour).
     """
+    if border not in BORDERS:
+        raise ValueError(f"unknown border {border!r}; known: {', '.join(BORDERS)}")
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.5:
         f = min(1.0, 2.0 * scale)  # leave the warp a reduction of about 2x, which bilinear handles
@@ -87,7 +131,8 @@ def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE) -> n
         to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
         m = compose(m, np.linalg.inv(np.vstack([to_small, [0, 0, 1]]))[:2])
         image = small
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    value = tuple(float(v) for v in cv2.mean(image)[: image.shape[2] if image.ndim == 3 else 1]) if border == "constant" else 0
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border], borderValue=value)
 
 
 def _celeba_frame_to_hr(x: float, y: float) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """`proui-data`: build, info, verify, preview and publish sharded face stores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ import click
 
 from . import __version__
 from . import store as st
+from .align import TEMPLATES
 from .info import occlusion_histogram, skipped_lines
 from .interop import hub_split
 from .pipeline import StoreMismatch, plan_build, summarize
@@ -75,12 +77,14 @@ def main(verbose: bool) -> None:
 @storage_options_option
 @click.option("--seed", type=int, help="Override the recipe's seed.")
 @click.option("--occlusion-seed", type=int, help="Override the recipe's occlusion seed (new masks, same faces).")
+@click.option("--template", type=click.Choice(list(TEMPLATES)),
+              help="Override the recipe's align.template (fsrnet: the FSRNet test sets' frame).")
 @click.option("--occluders", type=click.Path(exists=True, file_okay=False),
               help="Folder of RGBA occluder PNGs (glasses, masks, caps; MaskTheFace masks.cfg understood).")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, retries, storage_options,
-          seed, occlusion_seed, occluders, overwrite, no_progress):
+          seed, occlusion_seed, template, occluders, overwrite, no_progress):
     """Build a store from a source. Rerunning the same command resumes a killed build."""
     _check_storage_options(out, storage_options)
     # Workers may run elsewhere, in another working directory: give them absolute paths.
@@ -94,6 +98,8 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
             recipe = recipe.replace(seed=seed)
         if occlusion_seed is not None:
             recipe = recipe.replace(occlusion_seed=occlusion_seed)
+        if template is not None:
+            recipe = recipe.replace(align=dataclasses.replace(recipe.align, template=template))
         if occluders is not None:
             recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
             recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")

@@ -97,7 +97,7 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         return annotated, align.landmarks68_to_5(annotated), "annotation"
     if use_annotation:
         # 5 points align the face; the 68 come from the predictor in the template's face box.
-        m = align.similarity_transform(annotated, align.TEMPLATE_5)
+        m = align.similarity_transform(annotated, align.TEMPLATE_5)  # the predictor's box is in this frame
         box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
                                         np.array(align.TEMPLATE_BOX).reshape(2, 2))
         found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
@@ -146,10 +146,10 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # align
     try:
-        m = align.similarity_transform(points5, align.TEMPLATE_5)
+        m = align.similarity_transform(points5, align.template_points(recipe.align.template))
     except ValueError:
         return _reject(row, "degenerate_landmarks")
-    hr = align.warp_to_template(rgb, m)
+    hr = align.warp_to_template(rgb, m, border=recipe.align.border)
     lm_hr = align.apply_transform(m, landmarks68).astype(np.float32)
 
     # degrade
@@ -161,6 +161,7 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
         landmarks=lm_hr,
         transform=align.compose(m, np.diag([s, s, 1.0])[:2]).astype(np.float32),
         landmark_source=lm_source,
+        padded=np.float32(align.padded_fraction(m, rgb.shape[:2])),
         valid=True,
     )
 
@@ -296,7 +297,9 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
     fp = fingerprint(recipe, source, splits)
     plan = Plan(url, splits, recipe, source, fields, fp)
     attrs = store.root_attributes(recipe.to_dict(), source.describe(), recipe.seed, fp,
-                                  {"size": HR_SIZE, "points5": align.TEMPLATE_5.tolist()})
+                                  {"size": HR_SIZE, "name": recipe.align.template,
+                                   "points5": align.template_points(recipe.align.template).tolist(),
+                                   "border": recipe.align.border})
     root = None
     if not overwrite:
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .align import TEMPLATE_5
+from .align import BORDERS, TEMPLATE_5, TEMPLATES
 from .degrade import DegradeConfig
 from .occlusion import OcclusionConfig
 from .tables import build_dataclass, read_toml
@@ -56,6 +56,16 @@ class DetectRecipe:
 
 
 @dataclass(frozen=True)
+class AlignRecipe:
+    template: str = "celeba"  # align.TEMPLATES: "celeba" (ours), "fsrnet" (the FSRNet test sets' frame)
+    # Where the crop reaches past the photo: "constant" (the photo's mean colour) is closest to the missing
+    # content among the fills that draw no streaks (benchmarks/border.py, 206 Helen photos cut on one side:
+    # PSNR-Y 13.4 dB constant, 12.1 reflect, 14.3 replicate, whose edge streaks the model would learn).
+    # The share of each crop that is fill is stored as `padded`.
+    border: str = "constant"
+
+
+@dataclass(frozen=True)
 class StoreRecipe:
     # samples per shard (one object per array per shard), or "auto": ~16 shards per split, 8 to 256 samples
     # each (store.auto_layout; the size chosen is recorded per split like a fixed one)
@@ -79,6 +89,7 @@ class Recipe:
     occlusion_seed: int = 0  # occlusion draws (change it for new masks on the same faces)
     decode: DecodeRecipe = field(default_factory=DecodeRecipe)
     detect: DetectRecipe = field(default_factory=DetectRecipe)
+    align: AlignRecipe = field(default_factory=AlignRecipe)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     store: StoreRecipe = field(default_factory=StoreRecipe)
     priors: PriorsRecipe = field(default_factory=PriorsRecipe)
@@ -115,6 +126,10 @@ def _check(r: Recipe) -> Recipe:
         raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib, face-alignment")
     if r.detect.search not in (None, *SEARCHES):
         raise RecipeError(f"detect.search: {r.detect.search!r} is not one of {', '.join(SEARCHES)}")
+    if r.align.template not in TEMPLATES:
+        raise RecipeError(f"align.template: {r.align.template!r} is not one of {', '.join(TEMPLATES)}")
+    if r.align.border not in BORDERS:
+        raise RecipeError(f"align.border: {r.align.border!r} is not one of {', '.join(BORDERS)}")
     if r.detect.min_eye_distance < 0:
         raise RecipeError(f"detect.min_eye_distance: {r.detect.min_eye_distance} is negative")
     if r.degrade.scale != 8:

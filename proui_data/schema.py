@@ -46,6 +46,7 @@ def core_fields(n_attributes: int = 0, hr_size: int = HR_SIZE, scale: int = 8) -
         Field("reject_reason", (), "str", (), "", "empty when valid"),
         Field("identity", (), "int32", (), -1, "identity label, -1 unknown"),
         Field("landmark_source", (), "str", (), "", "annotation | dlib-hog | dlib-prior-box | ..."),
+        Field("padded", (), "float32", (), np.nan, "share of hr outside the source photo (recipe align.border)"),
     ]
     if n_attributes:
         fields.append(Field("attributes", (n_attributes,), "int8", ("attribute",), 0, "+1 / -1, 0 unknown"))
