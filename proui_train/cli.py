@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from proui_data.align import TEMPLATES
+
 from .checkpoint import load_checkpoint
 from .config import ConfigError, config_from_dict, load_config
 from .evaluate import evaluate
@@ -162,9 +164,11 @@ def publish(folder, repo_id, dry_run, private):
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True), help="An image or a folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def infer(checkpoint, input_path, out_dir, device):
+@click.option("--template", default="celeba", show_default=True, type=click.Choice(list(TEMPLATES)),
+              help="The frame the model was trained in (its model card says; fsrnet: the FSRNet sets' frame).")
+def infer(checkpoint, input_path, out_dir, device, template):
     """Detect, align, downsample (16x16 inputs are taken as is), hallucinate; write side-by-side PNGs."""
-    rows = infer_paths(checkpoint, input_path, out_dir, device)
+    rows = infer_paths(checkpoint, input_path, out_dir, device, template)
     for r in rows:
         click.echo(f"{r['input']}: {r['status']}" + (f" -> {r['output']}" if r.get("output") else ""))
 

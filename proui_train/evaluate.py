@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from proui_data.align import template_box
 from proui_data.schema import HR_SIZE
 
 from .metrics import quality
@@ -29,6 +30,7 @@ from .runtime import from_uint8, load_generator, pick_device, to_uint8
 log = logging.getLogger(__name__)
 FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen": ("helen_val_50_HR", "helen_val_50_LR_8x")}
 
+Box = tuple[float, float, float, float]
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -74,18 +76,17 @@ def _model_predict(generator: torch.nn.Module, device: torch.device) -> Predict:
     return predict
 
 
-def _dlib_points(faces: list[np.ndarray]) -> np.ndarray:
-    from proui_data.align import TEMPLATE_BOX
+def _dlib_points(faces: list[np.ndarray], box: Box) -> np.ndarray:
     from proui_data.detect import predict_in_box
 
-    return np.stack([predict_in_box(f, TEMPLATE_BOX) for f in faces])
+    return np.stack([predict_in_box(f, box) for f in faces])
 
 
-def _identity(sr: torch.Tensor, hr: torch.Tensor) -> float:
+def _identity(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> float:
     from .identity import identity_similarity
 
     to_np = lambda t: t.clamp(0, 255).byte().permute(1, 2, 0).numpy()  # noqa: E731
-    return float(np.mean([identity_similarity(to_np(a), to_np(b)) for a, b in zip(sr, hr)]))
+    return float(np.mean([identity_similarity(to_np(a), to_np(b), box) for a, b in zip(sr, hr)]))
 
 
 def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -96,6 +97,7 @@ def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 100,
                     limit: int | None = None) -> dict[str, Any]:
     hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
+    box = template_box("fsrnet")  # the sets' own frame, whatever frame the model was trained in
     files = sorted(p.name for p in hr_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:limit]
     chunks, ids, nmes = [], [], []
     for i in range(0, len(files), batch):
@@ -109,10 +111,10 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
             lr16 = _to_tensor([cv2.resize(x, (16, 16), interpolation=cv2.INTER_AREA) for x in lr_np])
             sr, points = predict(lr16)
             if points is not None:
-                nmes.append(nme(points.numpy(), _dlib_points(hr_np)))
+                nmes.append(nme(points.numpy(), _dlib_points(hr_np, box)))
         chunks.append(quality(sr, hr))
         if identity:
-            ids.append(_identity(sr, hr) * len(names))
+            ids.append(_identity(sr, hr, box) * len(names))
     out: dict[str, Any] = {"n": len(files), **_summarise(chunks)}
     if identity:
         out["identity_cosine"] = float(sum(ids) / len(files))
@@ -135,7 +137,9 @@ def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
 def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64) -> dict[str, Any]:
     import zarr
 
-    g = zarr.open_group(store, mode="r")[split]
+    root = zarr.open_group(store, mode="r")
+    g = root[split]
+    box = template_box((root.attrs.get("template") or {}).get("name", "celeba"))  # the store's frame
     valid = np.flatnonzero(g["valid"][:])
     has_mask = "occlusion_mask" in g.array_keys()
     inp = "lr_occluded" if "lr_occluded" in g.array_keys() else "lr"
@@ -162,7 +166,7 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
             if kinds_all is not None:
                 kinds.extend(kinds_all[start + r])
             if identity:
-                ids.append(_identity(sr, hr) * len(r))
+                ids.append(_identity(sr, hr, box) * len(r))
     out: dict[str, Any] = {"n": int(valid.size), "input": inp, **_summarise(chunks)}
     if kinds:
         out["by_kind"] = per_kind(chunks, np.asarray(kinds))

@@ -19,20 +19,22 @@ from .evaluate import _model_predict
 from .runtime import load_generator, pick_device
 
 
-def prepare(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(lr 16x16x3, aligned hr or None) for one file; raises DecodeError / NoFace."""
+def prepare(path: Path, template: str = "celeba") -> tuple[np.ndarray, np.ndarray | None]:
+    """(lr 16x16x3, aligned hr or None) for one file, aligned to the model's `template`; raises DecodeError /
+    NoFace."""
     rgb = decode_image(path.read_bytes()).rgb
     if rgb.shape[:2] == (16, 16):
         return rgb, None
     if max(rgb.shape[:2]) <= 32:
         return cv2.resize(rgb, (16, 16), interpolation=cv2.INTER_AREA), None
     found = locate_face(rgb, upsample=1)
-    m = align.similarity_transform(align.landmarks68_to_5(found.landmarks), align.TEMPLATE_5)
-    hr = align.warp_to_template(rgb, m)
+    m = align.similarity_transform(align.landmarks68_to_5(found.landmarks), align.template_points(template))
+    hr = align.warp_to_template(rgb, m, border="constant")
     return downsample(hr, 8), hr
 
 
-def infer_paths(checkpoint: str, input_path: str, out_dir: str, device: str = "auto") -> list[dict[str, Any]]:
+def infer_paths(checkpoint: str, input_path: str, out_dir: str, device: str = "auto",
+                template: str = "celeba") -> list[dict[str, Any]]:
     dev = pick_device(device)
     predict = _model_predict(load_generator(checkpoint, dev), dev)
     src = Path(input_path)
@@ -42,7 +44,7 @@ def infer_paths(checkpoint: str, input_path: str, out_dir: str, device: str = "a
     rows = []
     for f in files:
         try:
-            lr, hr = prepare(f)
+            lr, hr = prepare(f, template)
         except DecodeError as e:
             rows.append({"input": str(f), "status": f"skipped: decode:{e.reason}"})
             continue

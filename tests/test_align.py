@@ -73,3 +73,17 @@ def test_build_in_the_fsrnet_frame(tmp_path):
     padded = root["train"]["padded"][:]
     assert np.isfinite(padded).all() and (padded >= 0).all() and (padded < 0.5).all()
     assert verify_store(str(out))[0] == []
+
+
+def test_infer_aligns_to_the_models_frame(tmp_path):
+    from fixtures import demo_photo, write_jpeg
+    from proui_data.detect import locate_face
+    from proui_train.infer import prepare
+
+    write_jpeg(tmp_path / "hopper.jpg", demo_photo("grace_hopper.jpg"))
+    for name in ("celeba", "fsrnet"):
+        lr, hr = prepare(tmp_path / "hopper.jpg", name)
+        assert lr.shape == (16, 16, 3)
+        found = locate_face(hr, given_box=align.template_box(name))
+        eyes = align.landmarks68_to_5(found.landmarks)[:2]
+        assert np.abs(eyes - align.template_points(name)[:2]).max() < 3.0, name
