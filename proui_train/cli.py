@@ -81,17 +81,19 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
               help="FSRNet benchmark folder (celeba_val_1000_HR/, ..._LR_8x/, helen_val_50_*).")
 @click.option("--data", help="A proui store: evaluate its --split (masks and landmarks included).")
 @click.option("--split", default="test", show_default=True)
+@click.option("--input", "input_name", type=click.Choice(["lr_occluded", "lr"]),
+              help="The store's input array (default: lr_occluded when the store has it, else lr).")
 @click.option("--out", "out_path", default="metrics.json", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-identity", is_flag=True, help="Skip the dlib identity similarity (slow on CPU).")
-def eval_cmd(checkpoint, baseline, benchmark, data, split, out_path, device, no_identity):
+def eval_cmd(checkpoint, baseline, benchmark, data, split, input_name, out_path, device, no_identity):
     """PSNR/SSIM (Y and RGB), inside/outside occlusions, landmark NME and identity similarity."""
     if bool(checkpoint) == bool(baseline):
         _fail("give exactly one of --checkpoint or --baseline")
     if not benchmark and not data:
         _fail("give --benchmark DIR and/or --data STORE")
     results = evaluate(checkpoint=checkpoint, baseline=baseline, benchmark=benchmark, store=data, split=split,
-                       device=device, identity=not no_identity)
+                       device=device, identity=not no_identity, store_input=input_name)
     with open(out_path, "w") as f:
         json.dump(results, f, indent=2)
     for name, m in results.items():

@@ -134,16 +134,20 @@ def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
     return out
 
 
-def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64) -> dict[str, Any]:
+def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64,
+                   input_name: str | None = None) -> dict[str, Any]:
+    """Metrics on a store split; `input_name`: "lr_occluded" (default when the store has it) or "lr"."""
     import zarr
 
     root = zarr.open_group(store, mode="r")
     g = root[split]
     box = template_box((root.attrs.get("template") or {}).get("name", "celeba"))  # the store's frame
     valid = np.flatnonzero(g["valid"][:])
-    has_mask = "occlusion_mask" in g.array_keys()
-    inp = "lr_occluded" if "lr_occluded" in g.array_keys() else "lr"
-    kinds_all = g["occlusion_kind"][:] if "occlusion_kind" in g.array_keys() else None
+    inp = input_name or ("lr_occluded" if "lr_occluded" in g.array_keys() else "lr")
+    if inp not in g.array_keys():
+        raise KeyError(f"{store} split {split!r} has no {inp!r} array")
+    has_mask = inp == "lr_occluded" and "occlusion_mask" in g.array_keys()  # clean input: no inside/outside
+    kinds_all = g["occlusion_kind"][:] if has_mask and "occlusion_kind" in g.array_keys() else None
     chunks, ids, nmes, kinds = [], [], [], []
     size = g.attrs["shard_size"]
     for start in range(0, g.attrs["n_samples"], size):  # whole shards
@@ -178,8 +182,8 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
 
 
 def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
-             split: str = "test", device: str = "auto", identity: bool = True, limit: int | None = None
-             ) -> dict[str, Any]:
+             split: str = "test", device: str = "auto", identity: bool = True, limit: int | None = None,
+             store_input: str | None = None) -> dict[str, Any]:
     """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}."""
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
@@ -190,5 +194,5 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
             if (root / hr_dir).is_dir():
                 results[name] = evaluate_fsrnet(root, name, predict, identity, limit=limit)
     if store:
-        results[f"store/{split}"] = evaluate_store(store, split, predict, identity)
+        results[f"store/{split}"] = evaluate_store(store, split, predict, identity, input_name=store_input)
     return results

@@ -118,6 +118,18 @@ def test_cli_run_eval_infer(demo_store, tmp_path):
     assert hop.shape == (128, 384, 3) and thumb.shape == (128, 256, 3)
 
 
+def test_eval_store_clean_or_occluded_input(demo_store):
+    from proui_train.evaluate import evaluate_store
+
+    occluded = evaluate_store(demo_store, "val", None, identity=False)
+    clean = evaluate_store(demo_store, "val", None, identity=False, input_name="lr")
+    assert occluded["input"] == "lr_occluded" and "psnr_y_in" in occluded and "by_kind" in occluded
+    assert clean["input"] == "lr" and "psnr_y_in" not in clean and "by_kind" not in clean
+    assert clean["psnr_y"] > occluded["psnr_y"] + 0.5  # the occluders cost bicubic PSNR
+    with pytest.raises(KeyError, match="no 'lr_noisy'"):
+        evaluate_store(demo_store, "val", None, identity=False, input_name="lr_noisy")
+
+
 def test_eval_bicubic_baseline_on_fsrnet(shared_data, tmp_path):
     out = tmp_path / "bicubic.json"
     r = CliRunner().invoke(cli, ["eval", "--baseline", "bicubic", "--benchmark", str(shared_data / "benchmark" / "fsrnet"),
