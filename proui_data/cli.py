@@ -12,7 +12,7 @@ import click
 from . import __version__
 from . import store as st
 from .align import TEMPLATES
-from .info import occlusion_histogram, skipped_lines
+from .info import faces_line, faces_summary, occlusion_histogram, skipped_lines
 from .interop import hub_split
 from .pipeline import StoreMismatch, plan_build, summarize
 from .preview import write_preview
@@ -108,8 +108,10 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))
     n = sum(len(v) for v in plan.splits.values())
-    click.echo(f"{source_name}: {n} samples in {', '.join(f'{s}={len(v)}' for s, v in plan.splits.items())}; "
-               f"{len(plan.todo)} shards to write, {plan.skipped} already finished")
+    photos = sum(c["photos"] for c in faces_summary(_attrs(out, storage_options)).values())
+    per_face = f" from {photos} photos (a row per face)" if photos else ""
+    click.echo(f"{source_name}: {n} samples{per_face} in {', '.join(f'{s}={len(v)}' for s, v in plan.splits.items())};"
+               f" {len(plan.todo)} shards to write, {plan.skipped} already finished")
     unassigned = plan.source.describe().get("unassigned_images")
     if unassigned:
         click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
@@ -123,12 +125,15 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     totals = summarize(out, storage_options)
+    faces = faces_summary(_attrs(out, storage_options))
     click.echo(f"wrote {run['samples']} samples ({run['valid']} valid) in {run['shards_written']} shards, "
                f"{run['seconds']:.1f} s, {run['samples_per_s']:.1f} samples/s; skipped {run['shards_skipped']} "
                "finished shards")
     for s, c in totals.items():
         rej = ", ".join(f"{k}: {v}" for k, v in c["rejects"].items()) or "none"
         click.echo(f"  {s}: {c['valid']}/{c['samples']} valid; rejected: {rej}")
+        if s in faces:
+            click.echo(f"  {s}: {faces_line(faces[s])}")
     if skipped:
         click.echo("  " + skipped[0])
 
@@ -155,8 +160,11 @@ def info(store_url, as_json, storage_options):
                          "shard": list(g[a].shards or g[a].chunks), "chunk": list(g[a].chunks)}
                      for a in g.array_keys() if a != st.DONE}
     attrs = dict(root.attrs)
+    faces = faces_summary(attrs)
     if as_json:
-        click.echo(json.dumps({"attrs": attrs, "counts": counts, "schema": schema}, indent=2, default=str))
+        attrs.pop("face_detections", None)  # every box of every photo: the summary says what it holds
+        out = {"attrs": attrs, "counts": counts, "schema": schema} | ({"faces": faces} if faces else {})
+        click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"store {store_url}  format {attrs.get('proui_format')}  source {attrs.get('source', {}).get('name')}"
                f"  seed {attrs.get('seed')}  fingerprint {attrs.get('fingerprint')}")
@@ -164,6 +172,8 @@ def info(store_url, as_json, storage_options):
         click.echo(line)
     for s, c in counts.items():
         click.echo(f"[{s}] {c['valid']}/{c['samples']} valid, shards {c['shards_done']}/{c['shards']} finished")
+        if s in faces:
+            click.echo(f"    {faces_line(faces[s])}")
         for reason, k in c["rejects"].items():
             click.echo(f"    rejected {reason}: {k}")
         for a, d in schema[s].items():

@@ -14,7 +14,8 @@ each stage tried only when the ones before found nothing:
 
 The predictor was trained on HOG boxes, so MMOD and Haar boxes are mapped to HOG framing first
 (`BOX_TO_HOG`, measured on Helen trainset by `benchmarks/landmarks.py --calibrate`). The largest face wins
-(among confident detections, see RELATIVE_SCORE).
+(among confident detections, see RELATIVE_SCORE); with the recipe's `detect.faces = "all"` the build keeps every
+confident box, in that order (`Detection.faces`).
 The `face-alignment` backend (proui_data.fan, a 2D FAN) takes its boxes from the same chain.
 Models load once per process (so once per Dask worker) and are reused; dlib's detectors are not
 thread-safe (the HOG one releases the GIL), so each thread gets its own detector instances.
@@ -94,6 +95,7 @@ def _dlib_file(name: str) -> str:
 
 
 _per_thread = threading.local()
+_haar_lock = threading.Lock()  # one CascadeClassifier serves every thread; OpenCV does not promise it is reentrant
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,6 +159,12 @@ class Located:
 class Detection:
     boxes: list[Box]  # HOG-framed, largest first
     stage: str  # which chain stage found them
+    confident: int | None = None  # the first `confident` boxes score >= RELATIVE_SCORE x the best; None: all
+
+    def faces(self) -> list[Box]:
+        """Every confident face, largest first (what a `detect.faces = "all"` build keeps): the boxes that
+        could win the largest-face choice, not the weak ones ranked after them (a patch on a suit)."""
+        return self.boxes if self.confident is None else self.boxes[:self.confident]
 
 
 def _checked(rgb: np.ndarray) -> np.ndarray:
@@ -171,13 +179,19 @@ def _area(b: Box) -> float:
     return (b[2] - b[0]) * (b[3] - b[1])
 
 
+def _ranked(boxes: list[Box], scores: Sequence[float] | None = None) -> tuple[list[Box], int]:
+    """(boxes largest first but those scoring under RELATIVE_SCORE x the best score after all the others,
+    how many lead that are not such weak ones)."""
+    if scores is None or not len(boxes):
+        return sorted(boxes, key=lambda b: -_area(b)), len(boxes)
+    top = max(scores)
+    ranked = sorted(((s < RELATIVE_SCORE * top, -_area(b), b) for b, s in zip(boxes, scores)), key=lambda t: t[:2])
+    return [b for _, _, b in ranked], sum(not weak for weak, _, _ in ranked)
+
+
 def _largest_first(boxes: list[Box], scores: Sequence[float] | None = None) -> list[Box]:
     """Largest first, but boxes scoring under RELATIVE_SCORE x the best score go after all the others."""
-    if scores is None or not len(boxes):
-        return sorted(boxes, key=lambda b: -_area(b))
-    top = max(scores)
-    return [b for _, _, b in sorted(((s < RELATIVE_SCORE * top, -_area(b), b) for b, s in zip(boxes, scores)),
-                                    key=lambda t: t[:2])]
+    return _ranked(boxes, scores)[0]
 
 
 def to_hog_frame(box: Box, stage: str) -> Box:
@@ -192,9 +206,13 @@ def to_hog_frame(box: Box, stage: str) -> Box:
 
 def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
     """dlib HOG face boxes, largest first."""
+    return _hog(rgb, upsample)[0]
+
+
+def _hog(rgb: np.ndarray, upsample: int) -> tuple[list[Box], int]:
     detector, _ = _dlib_models()
     rects, scores, _ = detector.run(_checked(rgb), upsample, 0.0)
-    return _largest_first([(r.left(), r.top(), r.right(), r.bottom()) for r in rects], scores)
+    return _ranked([(r.left(), r.top(), r.right(), r.bottom()) for r in rects], scores)
 
 
 def search_scale(min_eye_distance: float) -> float:
@@ -207,11 +225,15 @@ def search_scale(min_eye_distance: float) -> float:
 
 def hog_boxes_scaled(rgb: np.ndarray, scale: float) -> list[Box]:
     """dlib HOG face boxes found on a copy of `rgb` resized by `scale`, in `rgb`'s pixels, largest first."""
+    return _hog_scaled(rgb, scale)[0]
+
+
+def _hog_scaled(rgb: np.ndarray, scale: float) -> tuple[list[Box], int]:
     import cv2
 
     rgb = _checked(rgb)
     if abs(scale - 1.0) < 1e-6:
-        return hog_boxes(rgb, 0)
+        return _hog(rgb, 0)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     copy = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=interpolation)
     sx, sy = copy.shape[1] / rgb.shape[1], copy.shape[0] / rgb.shape[0]  # exact, after rounding the size
@@ -220,11 +242,15 @@ def hog_boxes_scaled(rgb: np.ndarray, scale: float) -> list[Box]:
     # pixel centres map as x_copy = s * x + (s - 1) / 2
     boxes = [((r.left() - (sx - 1) / 2) / sx, (r.top() - (sy - 1) / 2) / sy,
               (r.right() - (sx - 1) / 2) / sx, (r.bottom() - (sy - 1) / 2) / sy) for r in rects]
-    return _largest_first(boxes, scores)
+    return _ranked(boxes, scores)
 
 
 def mmod_boxes(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> list[Box]:
     """dlib MMOD CNN face boxes (raw framing, in `rgb`'s pixels), largest first; run on a reduced copy."""
+    return _mmod_ranked(rgb, max_side)[0]
+
+
+def _mmod_ranked(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> tuple[list[Box], int]:
     import cv2
 
     rgb = _checked(rgb)
@@ -232,9 +258,9 @@ def mmod_boxes(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> list[Box]:
     small = cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else rgb
     found = _mmod()(_checked(small), 0)
     # pixel centres map as x_small = s * x + (s - 1) / 2
-    return _largest_first([tuple((v - (s - 1) / 2) / s for v in (d.rect.left(), d.rect.top(), d.rect.right(),
-                                                                    d.rect.bottom())) for d in found],
-                          [d.confidence for d in found])
+    return _ranked([tuple((v - (s - 1) / 2) / s for v in (d.rect.left(), d.rect.top(), d.rect.right(),
+                                                            d.rect.bottom())) for d in found],
+                   [d.confidence for d in found])
 
 
 def haar_boxes(rgb: np.ndarray) -> list[Box] | None:
@@ -245,7 +271,8 @@ def haar_boxes(rgb: np.ndarray) -> list[Box] | None:
     if cascade is None:
         return None
     gray = cv2.cvtColor(_checked(rgb), cv2.COLOR_RGB2GRAY)
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
+    with _haar_lock:
+        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
     return _largest_first([(float(x), float(y), float(x + w - 1), float(y + h - 1)) for x, y, w, h in found])
 
 
@@ -254,17 +281,19 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
 
     `scale`: search HOG on a copy resized by it (`search_scale`) instead of at `upsample` pyramid levels.
     """
-    boxes = hog_boxes(rgb, upsample) if scale is None else hog_boxes_scaled(rgb, scale)
+    boxes, confident = _hog(rgb, upsample) if scale is None else _hog_scaled(rgb, scale)
     if boxes or not fallback:
-        return Detection(boxes, "dlib-hog") if boxes else None
+        return Detection(boxes, "dlib-hog", confident) if boxes else None
     if scale is None and max(rgb.shape[:2]) * 2 ** (upsample + 1) <= UPSAMPLE_MAX_SIDE:
-        boxes = hog_boxes(rgb, upsample + 1)
+        boxes, confident = _hog(rgb, upsample + 1)
         if boxes:
-            return Detection(boxes, f"dlib-hog-up{upsample + 1}")
-    for stage, find in (("dlib-mmod", mmod_boxes), ("opencv-haar", haar_boxes)):
-        boxes = find(rgb)
-        if boxes:
-            return Detection([to_hog_frame(b, stage) for b in boxes], stage)
+            return Detection(boxes, f"dlib-hog-up{upsample + 1}", confident)
+    boxes, confident = _mmod_ranked(rgb)
+    if boxes:
+        return Detection([to_hog_frame(b, "dlib-mmod") for b in boxes], "dlib-mmod", confident)
+    boxes = haar_boxes(rgb)  # Haar gives no scores: every box counts
+    if boxes:
+        return Detection([to_hog_frame(b, "opencv-haar") for b in boxes], "opencv-haar")
     return None
 
 
@@ -289,7 +318,8 @@ def _find_box(rgb: np.ndarray, upsample: int, prior_box: Box | None, given_box: 
     raise NoFace("no_face")
 
 
-def _source(backend: str, stage: str) -> str:
+def landmark_source(backend: str, stage: str) -> str:
+    """The `landmark_source` a row records for a landmark backend and the chain stage that found its box."""
     if stage in ("given-box", "prior-box"):
         return f"dlib-{stage}" if backend == "dlib" else f"fan+{stage}"
     return stage if backend == "dlib" else f"fan+{stage}"
@@ -335,5 +365,5 @@ def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
     else:
         pts = landmarker().predict([(images[i], found[i][0]) for i in ok])
         marks = dict(zip(ok, pts))
-    return [f if isinstance(f, NoFace) else Located(marks[i], _source(backend, f[1]), f[2], f[0])
+    return [f if isinstance(f, NoFace) else Located(marks[i], landmark_source(backend, f[1]), f[2], f[0])
             for i, f in enumerate(found)]

@@ -36,3 +36,22 @@ def skipped_lines(attrs: dict[str, Any]) -> list[str]:
         more = f", ... ({n - len(names)} more)" if n > len(names) else ""
         lines.append(f"    skipped {reason}: {n} ({', '.join(names)}{more})")
     return lines
+
+
+def faces_summary(attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per split of a `detect.faces = "all"` store (empty for others): photos searched, faces found, faces per
+    photo, and how many photos hold 0, 1, 2, 3+ faces (a photo that did not decode counts as 0)."""
+    out = {}
+    for split, photos in (attrs.get("face_detections") or {}).items():
+        n = [len(e["boxes"]) if e else 0 for e in photos.values()]
+        hist = np.bincount(np.minimum(n, 3), minlength=4) if n else np.zeros(4, int)
+        out[split] = {"photos": len(n), "faces": int(sum(n)), "faces_per_photo": sum(n) / len(n) if n else 0.0,
+                      "photos_with": {"0": int(hist[0]), "1": int(hist[1]), "2": int(hist[2]), "3+": int(hist[3])}}
+    return out
+
+
+def faces_line(c: dict[str, Any]) -> str:
+    """One split's `faces_summary` as text."""
+    w = ", ".join(f"{k}: {v}" for k, v in c["photos_with"].items())
+    return (f"{c['photos']} photos, {c['faces']} faces, {c['faces_per_photo']:.2f} faces per photo "
+            f"(photos with {w} faces)")

@@ -2,7 +2,9 @@
 
 `process_item` is the per-sample flow and never raises for bad input: a sample that cannot be made is a
 row with `valid=False` and a reject reason. `build_shard` owns one shard of one split (the Dask task).
-`build` plans the shards, skips finished ones (resume), runs the rest on a Dask cluster and summarises.
+With `detect.faces = "all"` the plan first runs a detection pass over the photos (`detect_photos`, recorded
+in the store) and makes one sample per face (`expand_faces`). `build` plans the shards, skips finished ones
+(resume), runs the rest on a Dask cluster and summarises.
 Every random choice is seeded from (recipe seed, sample key), never from order or worker.
 """
 from __future__ import annotations
@@ -11,8 +13,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +25,7 @@ import numpy as np
 from . import align, store
 from .decode import DecodeError, decode_image
 from .degrade import degrade
-from .detect import Located, NoFace, locate_face, locate_faces, search_scale
+from .detect import Box, Located, NoFace, detect, landmark_source, locate_face, locate_faces, search_scale
 from .occlusion import Occlusion, OcclusionConfig, occlude
 from .priors import add_priors
 from .recipe import Recipe
@@ -71,6 +75,11 @@ def detect_scale(recipe: Recipe, s: float) -> float | None:
     return search_scale(det.min_eye_distance * s) if det.search == "min-face" else None
 
 
+def all_faces(recipe: Recipe) -> bool:
+    """Whether every detected face of a photo is a sample (`detect.faces = "all"`), not only the largest."""
+    return recipe.detect.faces == "all"
+
+
 def landmark_backend(recipe: Recipe) -> str:
     return "face-alignment" if recipe.detect.landmarks == "face-alignment" else "dlib"
 
@@ -103,6 +112,13 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
         backend = "fan" if landmark_backend(recipe) == "face-alignment" else "dlib"
         return found.landmarks, annotated, "annotation5+" + backend
+    backend = landmark_backend(recipe)
+    if item.face_box is not None:  # one face of the detection pass: its 68 points at full resolution
+        if located is None:
+            located = locate_face(rgb, given_box=item.face_box, backend=backend)
+        return located.landmarks, align.landmarks68_to_5(located.landmarks), landmark_source(backend, item.face_stage)
+    if item.face_stage == NO_FACE:
+        raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
         located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
                               backend=landmark_backend(recipe), fallback=det.fallback,
@@ -230,9 +246,9 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
     """Detector results for a shard's samples in one batched landmark call (the FAN backend batches its
     forward passes). Images are decoded here and again in `process_item`: decoding is < 1 ms, the network is
     the cost."""
-    want, images, boxes, scales = [], [], [], []
+    want, images, boxes, given, scales = [], [], [], [], []
     for i, it in enumerate(items):
-        if it.variant > 0 or not uses_detector(it, recipe):
+        if it.variant > 0 or not uses_detector(it, recipe) or it.face_stage == NO_FACE:
             continue
         try:
             d = decode_image(source.read(it), recipe.decode.max_pixels, recipe.decode.max_side)
@@ -241,15 +257,83 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
         want.append(i)
         images.append(d.rgb)
         boxes.append(prior_box(source, recipe, d.scale))
+        given.append(it.face_box)
         scales.append(detect_scale(recipe, d.scale))
     if not images:
         return {}
     try:
-        found = locate_faces(images, recipe.detect.upsample, boxes, backend=landmark_backend(recipe),
+        found = locate_faces(images, recipe.detect.upsample, boxes, given, backend=landmark_backend(recipe),
                              fallback=recipe.detect.fallback, scales=scales)
     except NoFace as e:  # one faceless image raises rather than returning its NoFace
         found = [e]
     return dict(zip(want, found))
+
+
+# Root attribute holding the detection pass of a detect.faces = "all" build: split -> photo key -> {"stage": the
+# chain stage that found the boxes, "boxes": HOG-framed boxes in decoded-image pixels, largest first ([]: no
+# face)}, or null for a photo that did not decode (its row says why). A resumed build expands from it.
+DETECTIONS = "face_detections"
+NO_FACE = "none"  # the stage recorded for a photo where the pass found no face
+PhotoFaces = dict[str, Any] | None
+
+
+def faces_in(rgb: np.ndarray, s: float, source: Source, recipe: Recipe) -> tuple[list[Box], str]:
+    """(every confident face box the detector chain finds, largest first; the stage that found them); the
+    source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo without a face."""
+    det = recipe.detect
+    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s))
+    if found is not None:
+        return found.faces(), found.stage
+    box = prior_box(source, recipe, s)
+    return ([box], "prior-box") if box is not None else ([], NO_FACE)
+
+
+def detect_photo(source: Source, item: Item, recipe: Recipe) -> PhotoFaces:
+    """One photo's entry of the detection pass (see DETECTIONS)."""
+    try:
+        d = decode_image(source.read(item), recipe.decode.max_pixels, recipe.decode.max_side)
+    except (DecodeError, OSError):
+        return None  # process_item decodes it again and records the reason
+    boxes, stage = faces_in(d.rgb, d.scale, source, recipe)
+    # floats round-trip exactly through JSON: a resumed build predicts in the very same boxes
+    return {"stage": stage, "boxes": [[float(v) for v in b] for b in boxes]}
+
+
+def detect_photos(source: Source, items: list[Item], recipe: Recipe, threads: int,
+                  recorded: dict[str, PhotoFaces] | None = None) -> dict[str, PhotoFaces]:
+    """The detection pass over the photos whose landmarks come from the detector: entries already `recorded`
+    are reused, the others found now on `threads` threads (dlib's HOG releases the GIL)."""
+    recorded = recorded or {}
+    photos = [it for it in items if uses_detector(it, recipe)]
+    todo = [it for it in photos if it.key not in recorded]
+    found: dict[str, PhotoFaces] = {}
+    if todo:
+        log.info("detecting faces in %d photos on %d threads", len(todo), threads)
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            found = dict(zip((it.key for it in todo), pool.map(lambda it: detect_photo(source, it, recipe), todo)))
+    return {it.key: recorded[it.key] if it.key in recorded else found[it.key] for it in photos}
+
+
+def expand_faces(items: list[Item], found: dict[str, PhotoFaces]) -> list[Item]:
+    """One item per detected face, largest first: `<key>#<k>`, or `<key>` when the photo has exactly one face
+    (so single-face keys, and their seeds, do not change); a photo without faces stays one item (its row is
+    rejected `no_face`; one that did not decode keeps its item, and process_item says why)."""
+    out: list[Item] = []
+    for it in items:
+        entry = found.get(it.key)
+        boxes = entry["boxes"] if entry else []
+        if entry is None:
+            out.append(it)
+        elif len(boxes) <= 1:
+            out.append(dataclasses.replace(it, face_box=tuple(boxes[0]) if boxes else None, face_stage=entry["stage"]))
+        else:
+            out += [dataclasses.replace(it, key=f"{it.key}#{k}", face_box=tuple(b), face_stage=entry["stage"])
+                    for k, b in enumerate(boxes)]
+    return out
+
+
+def default_detect_threads() -> int:
+    return min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -272,6 +356,8 @@ def fingerprint(recipe: Recipe, source: Source, splits: dict[str, list[Item]]) -
         h.update(s.encode())
         for it in splits[s]:
             h.update(b"\0" + it.key.encode() + (b"#%d" % it.variant if it.variant else b""))
+            if it.face_box is not None:  # a detected face: the box its landmarks are predicted in
+                h.update(json.dumps([it.face_stage, list(it.face_box)]).encode())
     return h.hexdigest()[:16]
 
 
@@ -280,13 +366,30 @@ class StoreMismatch(RuntimeError):
 
 
 def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS, limit: int | None = None,
-               overwrite: bool = False, storage_options: dict | None = None) -> Plan:
-    """Enumerate samples, create or reopen the store, and list the shards still to write."""
+               overwrite: bool = False, storage_options: dict | None = None,
+               detect_threads: int | None = None) -> Plan:
+    """Enumerate samples, create or reopen the store, and list the shards still to write.
+
+    `limit` counts photos (before a detect.faces = "all" build makes one sample per face); `detect_threads`:
+    threads of that build's detection pass (default `default_detect_threads()`).
+    """
     names = source.splits() if split == ALL_SPLITS else [split]
     if split != ALL_SPLITS and split not in source.splits():
         raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
     splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
     splits = {s: v for s, v in splits.items() if v}
+    root = None
+    if not overwrite:
+        try:
+            root = store.open_root(url, mode="r+", storage_options=storage_options)
+        except (FileNotFoundError, KeyError, ValueError):
+            root = None
+    detections = None
+    if all_faces(recipe):
+        recorded = recorded_detections(root, recipe, source) if root is not None else {}
+        threads = default_detect_threads() if detect_threads is None else detect_threads
+        detections = {s: detect_photos(source, items, recipe, threads, recorded.get(s)) for s, items in splits.items()}
+        splits = {s: expand_faces(items, detections[s]) for s, items in splits.items()}
     k = recipe.occlusion.variants if recipe.occlusion is not None else 1
     if k > 1:  # K consecutive rows per face, one per occlusion variant
         splits = {s: [dataclasses.replace(it, variant=v) for it in items for v in range(k)]
@@ -300,17 +403,13 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
                                   {"size": HR_SIZE, "name": recipe.align.template,
                                    "points5": align.template_points(recipe.align.template).tolist(),
                                    "border": recipe.align.border})
-    root = None
-    if not overwrite:
-        try:
-            root = store.open_root(url, mode="r+", storage_options=storage_options)
-        except (FileNotFoundError, KeyError, ValueError):
-            root = None
-        if root is not None and root.attrs.get("fingerprint") not in (None, fp):
-            raise StoreMismatch(
-                f"{url} holds a build of a different recipe, source or sample list "
-                f"(fingerprint {root.attrs.get('fingerprint')} != {fp}); use --overwrite to start again "
-                "or choose another --out")
+    if detections is not None:
+        attrs[DETECTIONS] = detections
+    if root is not None and root.attrs.get("fingerprint") not in (None, fp):
+        raise StoreMismatch(
+            f"{url} holds a build of a different recipe, source or sample list "
+            f"(fingerprint {root.attrs.get('fingerprint')} != {fp}); use --overwrite to start again "
+            "or choose another --out")
     if root is None:
         root = store.open_root(url, mode="w" if overwrite else "a", storage_options=storage_options)
     skipped = source.skipped()
@@ -332,6 +431,15 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
     if attrs.get("source", {}).get("attribute_names") is None and source.attribute_names:
         root.attrs["attribute_names"] = list(source.attribute_names)
     return plan
+
+
+def recorded_detections(root: Any, recipe: Recipe, source: Source) -> dict[str, dict[str, PhotoFaces]]:
+    """The detection pass a store records, when it was made with this recipe from this source (else {}):
+    a resumed build expands to exactly the rows it started with, without detecting again."""
+    attrs = root.attrs
+    same = (json.dumps([attrs.get("recipe"), attrs.get("source")], sort_keys=True, default=str)
+            == json.dumps([recipe.to_dict(), source.describe()], sort_keys=True, default=str))
+    return dict(attrs.get(DETECTIONS) or {}) if same else {}
 
 
 def shard_items(plan: Plan, s: str, k: int) -> list[Item]:

@@ -36,6 +36,7 @@ MIN_TARGET_SCALE = 0.75
 TEMPLATE_EYE_DISTANCE = float(TEMPLATE_5[1, 0] - TEMPLATE_5[0, 0])
 DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 source px
 SEARCHES = ("upsample", "min-face")
+FACES = ("largest", "all")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class DetectRecipe:
     # landmarks still at full resolution. Unset rather than "upsample" so that the recipes that do not use it
     # record, and fingerprint, exactly what they did before.
     search: str | None = None
+    # Which faces of a photo whose landmarks come from the detector become rows: "largest" (unset) the largest
+    # one; "all" every face the detector finds, one row each (`<file>#<k>`, largest first; `<file>` when there
+    # is one). Unset rather than "largest" for the same reason as `search`.
+    faces: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ def _check(r: Recipe) -> Recipe:
         raise RecipeError(f"detect.landmarks: {r.detect.landmarks!r} is not one of auto, annotation, dlib, face-alignment")
     if r.detect.search not in (None, *SEARCHES):
         raise RecipeError(f"detect.search: {r.detect.search!r} is not one of {', '.join(SEARCHES)}")
+    if r.detect.faces not in (None, *FACES):
+        raise RecipeError(f"detect.faces: {r.detect.faces!r} is not one of {', '.join(FACES)}")
     if r.align.template not in TEMPLATES:
         raise RecipeError(f"align.template: {r.align.template!r} is not one of {', '.join(TEMPLATES)}")
     if r.align.border not in BORDERS:

@@ -28,6 +28,11 @@ class Item:
     attributes: np.ndarray | None = field(default=None, compare=False)  # int8 (A,)
     labels: str | None = None  # Helen SmithCVPR2013 label folder for this image
     variant: int = 0  # occlusion variant: with recipe occlusion.variants = K each face has K consecutive rows
+    # With recipe detect.faces = "all": the face of the photo this row is, as the build's detection pass found it
+    # (HOG-framed box in decoded-image pixels, and the chain stage that found it, "none" when it found no face);
+    # None and "": not from a detection pass (process_item finds the largest face itself).
+    face_box: tuple[float, float, float, float] | None = None
+    face_stage: str = ""
 
 
 class Source:

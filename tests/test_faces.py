@@ -1,0 +1,206 @@
+"""detect.faces = "all": every face of a photo is a sample (`<file>#<k>`, largest first), from one detection
+pass recorded in the store."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from proui_data import align, detect
+from proui_data.cli import main as cli
+from proui_data.pipeline import DETECTIONS, StoreMismatch, build_shard, plan_build, shard_items
+from proui_data.recipe import PriorsRecipe, RecipeError, load_recipe, parse_recipe
+from proui_data.runner import run_plan
+from proui_data.sources import get_source
+from proui_data.sources.helen import read_pts
+
+from fixtures import demo_photo, write_jpeg
+
+HELEN_TEST = Path("300w") / "helen" / "testset"
+# Helen test photos where the annotated person is not the largest face (the folder recipe's search finds both)
+SECOND_PERSON = ("3051765471_2.jpg", "3144473012_2.jpg", "3214097106_2.jpg")
+
+
+def group_photo(small: float = 0.7) -> np.ndarray:
+    """The astronaut at full size (face box ~88 px) beside Grace Hopper scaled by `small` (~150 px at 0.7)."""
+    a = demo_photo("astronaut.jpg")
+    g = cv2.resize(demo_photo("grace_hopper.jpg"), None, fx=small, fy=small, interpolation=cv2.INTER_AREA)
+    canvas = np.full((max(a.shape[0], g.shape[0]), a.shape[1] + g.shape[1], 3), 128, np.uint8)
+    canvas[:a.shape[0], :a.shape[1]] = a
+    canvas[:g.shape[0], a.shape[1]:] = g
+    return canvas
+
+
+def light(recipe):
+    """The recipe without occlusions and priors: the faces are what these tests are about."""
+    return recipe.replace(occlusion=None, priors=PriorsRecipe(enabled=False))
+
+
+def folder_recipe(faces: str | None = "all", **detect):
+    r = light(load_recipe(None, "folder"))
+    return r.replace(detect=dataclasses.replace(r.detect, faces=faces, **detect))
+
+
+def build(folder: Path, out: Path, recipe, workers: int = 0, **kw) -> zarr.Group:
+    run_plan(plan_build(get_source("folder", str(folder)), recipe, str(out), **kw), workers=workers, progress=False)
+    return zarr.open_group(str(out), mode="r")
+
+
+def source_landmarks(g: zarr.Group, i: int) -> np.ndarray:
+    """Row i's 68 points in source-photo pixels (its `transform` maps source pixels to the HR)."""
+    m = np.vstack([g["transform"][i].astype(np.float64), [0, 0, 1]])
+    return align.apply_transform(np.linalg.inv(m)[:2], g["landmarks"][i].astype(np.float64))
+
+
+def eye_distance(points68: np.ndarray) -> float:
+    five = align.landmarks68_to_5(points68)
+    return float(np.linalg.norm(five[1] - five[0]))
+
+
+def nme(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+
+
+def test_recipe_field_and_fingerprint_rule():
+    assert load_recipe(None, "folder").detect.faces == "all"
+    for source in ("celeba", "helen", "demo", "hf"):  # unchanged recipes record (and fingerprint) no `faces`
+        assert load_recipe(None, source).detect.faces is None
+        assert "faces" not in load_recipe(None, source).to_dict()["detect"]
+    assert parse_recipe({"detect": {"faces": "largest"}}).detect.faces == "largest"
+    with pytest.raises(RecipeError, match="detect.faces"):
+        parse_recipe({"detect": {"faces": "every"}})
+
+
+def test_group_photo_gives_a_row_per_face_largest_first(tmp_path):
+    d = tmp_path / "photos"
+    write_jpeg(d / "x.jpg", group_photo())
+    out = tmp_path / "all.zarr"
+    r = CliRunner().invoke(cli, ["build", "--source", "folder", "--root", str(d), "--out", str(out),
+                                 "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "folder: 2 samples from 1 photos (a row per face) in train=2" in r.output
+    assert "train: 1 photos, 2 faces, 2.00 faces per photo (photos with 0: 0, 1: 0, 2: 1, 3+: 0 faces)" in r.output
+    g = zarr.open_group(str(out), mode="r")["train"]
+    assert list(g["key"][:]) == ["x.jpg#0", "x.jpg#1"]
+    assert g["valid"][:].all() and set(g["landmark_source"][:]) == {"dlib-hog"}
+    eyes = [eye_distance(source_landmarks(g, i)) for i in range(2)]
+    assert eyes[0] > 1.2 * eyes[1]  # largest first: Grace Hopper (~62 px) before the astronaut (~44 px)
+    assert source_landmarks(g, 0)[:, 0].min() > 512 > source_landmarks(g, 1)[:, 0].max()  # she is on the right
+    for i in range(2):  # each row aligned by its own transform
+        five = align.landmarks68_to_5(g["landmarks"][i].astype(np.float64))
+        assert np.abs(five[:2] - align.TEMPLATE_5[:2]).max() < 3.0
+    assert not np.allclose(g["transform"][0], g["transform"][1])
+    info = CliRunner().invoke(cli, ["info", str(out)]).output
+    assert "1 photos, 2 faces, 2.00 faces per photo" in info and "[train] 2/2 valid" in info
+    as_json = json.loads(CliRunner().invoke(cli, ["info", "--json", str(out)]).output)
+    assert as_json["faces"]["train"]["faces_per_photo"] == 2.0 and DETECTIONS not in as_json["attrs"]
+
+    largest = build(d, tmp_path / "largest.zarr", folder_recipe("largest"))["train"]
+    assert list(largest["key"][:]) == ["x.jpg"] and largest["valid"][0]
+    # the largest face is row #0 of the "all" build, predicted in the same box
+    np.testing.assert_allclose(largest["transform"][0], g["transform"][0], rtol=1e-6)
+    assert DETECTIONS not in zarr.open_group(str(tmp_path / "largest.zarr"), mode="r").attrs
+
+
+def test_single_face_keeps_its_key_and_a_faceless_photo_its_row(tmp_path):
+    d = tmp_path / "photos"
+    write_jpeg(d / "x.jpg", demo_photo("grace_hopper.jpg"))
+    write_jpeg(d / "a.jpg", demo_photo("astronaut.jpg"))
+    write_jpeg(d / "blank.jpg", np.full((300, 400, 3), 90, np.uint8))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    g = build(d, tmp_path / "all.zarr", folder_recipe("all"))
+    assert dict(zip(g["train"]["key"][:], g["train"]["reject_reason"][:])) == {
+        "a.jpg": "", "blank.jpg": "no_face", "broken.jpg": "decode:corrupt", "x.jpg": ""}
+    found = g.attrs[DETECTIONS]["train"]
+    assert found["blank.jpg"] == {"stage": "none", "boxes": []} and found["broken.jpg"] is None
+    assert len(found["x.jpg"]["boxes"]) == len(found["a.jpg"]["boxes"]) == 1
+    # HOG also fires, weakly, on the patch of the astronaut's suit: not a face a build keeps
+    hit = detect.detect(demo_photo("astronaut.jpg"), 0, False, detect.search_scale(20.6))
+    assert len(hit.boxes) == 2 and hit.confident == 1 and hit.faces() == hit.boxes[:1]
+    # the single-face row is exactly the row a largest-face build makes
+    one = build(d, tmp_path / "largest.zarr", folder_recipe(None))["train"]
+    for a in ("hr", "lr", "landmarks", "transform", "landmark_source", "reject_reason"):
+        np.testing.assert_array_equal(g["train"][a][:], one[a][:], err_msg=a)
+
+
+def test_faces_below_the_size_floor_are_rejected_rows(tmp_path):
+    d = tmp_path / "photos"
+    a = cv2.resize(demo_photo("astronaut.jpg"), None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)  # eyes 17 px
+    photo = np.full((600, 512 + a.shape[1], 3), 128, np.uint8)
+    photo[:, :512] = demo_photo("grace_hopper.jpg")
+    photo[:a.shape[0], 512:] = a
+    write_jpeg(d / "x.jpg", photo)
+    # HOG one pyramid level up finds the 17 px face; the floor (20.6 px) rejects it, the big face stays
+    g = build(d, tmp_path / "f.zarr", folder_recipe("all", search=None, upsample=1))["train"]
+    assert dict(zip(g["key"][:], g["reject_reason"][:])) == {"x.jpg#0": "", "x.jpg#1": "face_too_small"}
+
+
+def test_worker_count_gives_identical_stores(tmp_path):
+    d = tmp_path / "photos"
+    write_jpeg(d / "a.jpg", group_photo())
+    write_jpeg(d / "b.jpg", group_photo(0.8))
+    write_jpeg(d / "c.jpg", demo_photo("astronaut.jpg"))
+    write_jpeg(d / "d.jpg", np.full((200, 300, 3), 60, np.uint8))
+    recipe = folder_recipe("all").replace(occlusion=load_recipe(None, "folder").occlusion)  # occlusions too
+    stores = [build(d, tmp_path / f"w{w}.zarr", recipe, workers=w, detect_threads=t) for w, t in ((0, 1), (2, 2))]
+    keys = list(stores[0]["train"]["key"][:])
+    assert keys == ["a.jpg#0", "a.jpg#1", "b.jpg#0", "b.jpg#1", "c.jpg", "d.jpg"]
+    assert stores[0].attrs["fingerprint"] == stores[1].attrs["fingerprint"]
+    for a in stores[0]["train"].array_keys():
+        np.testing.assert_array_equal(stores[0]["train"][a][:], stores[1]["train"][a][:], err_msg=a)
+
+
+def test_resume_expands_from_the_recorded_detections(tmp_path):
+    d = tmp_path / "photos"
+    for i in range(10):
+        write_jpeg(d / f"{i:02d}.jpg", group_photo() if i % 3 == 0 else demo_photo("grace_hopper.jpg"))
+    recipe = folder_recipe("all")
+    out = str(tmp_path / "f.zarr")
+    plan = plan_build(get_source("folder", str(d)), recipe, out)
+    assert sum(len(v) for v in plan.splits.values()) == 14 and len(plan.todo) == 2  # 4 group photos: 2 faces
+    s, k = plan.todo[0]
+    build_shard(plan.source, shard_items(plan, s, k), recipe, out, s, k)  # then the build dies
+    # Photos that now hold no face: a pass run again would find none; the resumed plan uses the recorded boxes.
+    for p in d.iterdir():
+        write_jpeg(p, np.full((300, 300, 3), 70, np.uint8))
+    again = plan_build(get_source("folder", str(d)), recipe, out)
+    assert again.fingerprint == plan.fingerprint and again.splits == plan.splits
+    assert again.todo == plan.todo[1:] and again.skipped == 1
+    # starting again (--overwrite) detects again: the photos now hold no face
+    fresh = plan_build(get_source("folder", str(d)), recipe, out, overwrite=True)
+    assert [it.key for it in fresh.splits["train"]] == [f"{i:02d}.jpg" for i in range(10)]
+    assert all(it.face_box is None for it in fresh.splits["train"])
+    with pytest.raises(StoreMismatch):  # and that store is not the one the recorded detections made
+        plan_build(get_source("folder", str(d)), recipe.replace(seed=1), out)
+
+
+def helen_photos(shared_data: Path, names: tuple[str, ...], dest: Path) -> dict[str, np.ndarray]:
+    """Copies of Helen test photos in a folder of their own (outside the repository); name -> 68 points."""
+    dest.mkdir()
+    for n in names:
+        shutil.copy(shared_data / HELEN_TEST / n, dest / n)
+    return {n: read_pts((shared_data / HELEN_TEST / n).with_suffix(".pts")) for n in names}
+
+
+def test_helen_all_faces_find_the_annotated_second_person(shared_data, tmp_path):
+    truth = helen_photos(shared_data, SECOND_PERSON, tmp_path / "helen")
+    best = {}
+    for faces in ("largest", "all"):
+        g = build(tmp_path / "helen", tmp_path / f"{faces}.zarr", folder_recipe(faces))["train"]
+        keys, valid = list(g["key"][:]), g["valid"][:]
+        errors: dict[str, list[float]] = {n: [] for n in truth}
+        for i, key in enumerate(keys):
+            if valid[i]:
+                errors[key.split("#")[0]].append(nme(source_landmarks(g, i), truth[key.split("#")[0]]))
+        best[faces] = {n: min(e, default=np.inf) for n, e in errors.items()}
+        if faces == "all":
+            assert all(sum(k.startswith(n) for k in keys) >= 2 for n in truth)  # every person a row
+    assert all(e >= 0.1 for e in best["largest"].values()), best  # the largest face is someone else
+    assert all(e < 0.1 for e in best["all"].values()), best  # among all faces: the annotated one, well fitted
