@@ -396,6 +396,12 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
                   for s, items in splits.items()}
     if not splits:
         raise ValueError("nothing to build: the chosen split(s) have no samples")
+    for s_name, items in splits.items():
+        counts = Counter((it.key, it.variant) for it in items)
+        twice = sorted(k for (k, _), c in counts.items() if c > 1)
+        if twice:  # e.g. a file literally named `x.jpg#1` beside a photo x.jpg with two faces
+            raise ValueError(f"split {s_name!r}: {len(twice)} sample key(s) occur twice, e.g. {twice[0]!r}: a file is "
+                             "named like another photo's face key '<file>#<k>'; rename it")
     fields = fields_for(recipe, source)
     fp = fingerprint(recipe, source, splits)
     plan = Plan(url, splits, recipe, source, fields, fp)

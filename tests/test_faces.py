@@ -204,3 +204,13 @@ def test_helen_all_faces_find_the_annotated_second_person(shared_data, tmp_path)
             assert all(sum(k.startswith(n) for k in keys) >= 2 for n in truth)  # every person a row
     assert all(e >= 0.1 for e in best["largest"].values()), best  # the largest face is someone else
     assert all(e < 0.1 for e in best["all"].values()), best  # among all faces: the annotated one, well fitted
+
+
+
+def test_a_file_named_like_a_face_key_is_a_clear_error(tmp_path):
+    """A file literally named `x.jpg#1` beside a two-face `x.jpg` would make two rows with one key: refused."""
+    folder = tmp_path / "photos"
+    write_jpeg(folder / "x.jpg", group_photo())
+    write_jpeg(folder / "x.jpg#1", demo_photo("grace_hopper.jpg"))  # a JPEG without an image suffix: sniffed
+    with pytest.raises(ValueError, match="occur twice, e.g. 'x.jpg#1'"):
+        plan_build(get_source("folder", str(folder)), folder_recipe(), str(tmp_path / "s.zarr"))
