@@ -19,6 +19,10 @@ other jobs neither reaches 2x. Every timed run starts warm (models loaded on eac
 --wild DIR builds a folder of photos twice in this process (one core), with today's folder recipe and the one
 it replaced (HOG upsample 1 + fallback chain, min eye distance 8), and prints photos/s, CPU-ms per photo and
 where the CPU went, stage by stage (exclusive: a stage's time leaves out the stages it calls).
+
+    python benchmarks/build.py --stages --n 512
+
+--stages: the same stage-by-stage CPU for the CelebA recipe on aligned CelebA train images.
 """
 from __future__ import annotations
 
@@ -283,6 +287,29 @@ class StageClock:
                 setattr(m, f, saved[k])
 
 
+def staged_build(source, recipe, url: str, limit: int | None = None) -> tuple:
+    """One build in this process (planning included: a detect.faces = "all" build detects there, on one thread),
+    timed stage by stage: (samples/s, CPU-ms per sample, valid/rows, rejects, CPU s per stage)."""
+    def build():
+        return run_plan(plan_build(source, recipe, url, "train", limit=limit, detect_threads=1), workers=0,
+                        progress=False)
+
+    clock, cpu, wall = StageClock(), time.process_time(), time.perf_counter()
+    run = clock.run(build)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    clock.cpu["other"] = cpu - sum(clock.cpu.values())
+    n = limit or len(source.items("train"))
+    return n / wall, 1000 * cpu / n, f"{run['valid']}/{run['samples']}", run["rejects"], clock.cpu, n
+
+
+def print_stages(rows: dict[str, tuple], unit: str) -> None:
+    print(f"| recipe | {unit}s/s | CPU-ms/{unit} | valid/rows | rejects | " + " | ".join(list(STAGES) + ["other"]) + " |")
+    print("|---|---:|---:|---:|---|" + "---:|" * (len(STAGES) + 1))
+    for name, (pps, ms, valid, rejects, stages, n) in rows.items():
+        per = " | ".join(f"{1000 * stages[k] / n:.1f}" for k in list(STAGES) + ["other"])
+        print(f"| {name} | {pps:.2f} | {ms:.1f} | {valid} | {dict(sorted(rejects.items()))} | {per} |")
+
+
 def wild_builds(folder: str) -> None:
     """Old vs new folder recipe on one core, in this process, with the per-stage CPU breakdown."""
     source, new = get_source("folder", folder), load_recipe(None, "folder")
@@ -294,28 +321,28 @@ def wild_builds(folder: str) -> None:
     try:
         warm(source, old, source.items("train")[:4])
         detect.mmod_boxes(np.zeros((64, 64, 3), np.uint8))  # load MMOD too: the old recipe falls back to it
-        for name, recipe in (("old: upsample 1 + fallback", old), ("new: min-face search", new)):
-            url = str(tmp / f"{len(rows)}.zarr")
-
-            def build(recipe=recipe, url=url):
-                # planning is timed too: a detect.faces = "all" build runs its detection pass there
-                return run_plan(plan_build(source, recipe, url, detect_threads=1), workers=0, progress=False)
-
-            clock, cpu, wall = StageClock(), time.process_time(), time.perf_counter()
-            run = clock.run(build)
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            clock.cpu["other"] = cpu - sum(clock.cpu.values())
-            rows[name] = (n / wall, 1000 * cpu / n, f"{run['valid']}/{run['samples']}", run["rejects"], clock.cpu)
+        for name, recipe in (("old: upsample 1 + fallback, largest face", old), ("new: folder recipe", new)):
+            rows[name] = staged_build(source, recipe, str(tmp / f"{len(rows)}.zarr"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| recipe | photos/s | CPU-ms/photo | valid/rows | rejects | " + " | ".join(list(STAGES) + ["other"]) + " |")
-    print("|---|---:|---:|---:|---|" + "---:|" * (len(STAGES) + 1))
-    for name, (pps, ms, valid, rejects, stages) in rows.items():
-        per = " | ".join(f"{1000 * stages[k] / n:.1f}" for k in list(STAGES) + ["other"])
-        print(f"| {name} | {pps:.2f} | {ms:.1f} | {valid} | {dict(sorted(rejects.items()))} | {per} |")
+    print_stages(rows, "photo")
     (a, b) = rows.values()
     print(f"new / old: {b[0] / a[0]:.2f}x photos/s, {a[1] / b[1]:.2f}x less CPU per photo (stages: CPU-ms per photo); "
           f"at end: {load()}")
+
+
+def celeba_stages(root: str, n: int) -> None:
+    """The CelebA recipe on n aligned train images, one core, in this process: CPU per sample by stage."""
+    source, recipe = get_source("celeba", root), load_recipe(None, "celeba")
+    print(f"{n} aligned CelebA train images, pipelines/celeba.toml; one process, one core; at start: {load()}")
+    tmp = Path(tempfile.mkdtemp(prefix="proui-celeba-"))
+    try:
+        warm(source, recipe, source.items("train")[:8])
+        rows = {"celeba": staged_build(source, recipe, str(tmp / "c.zarr"), limit=n)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_stages(rows, "sample")
+    print(f"at end: {load()}")
 
 
 def load() -> str:
@@ -332,9 +359,13 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="with --scaling: leave out the S3 build")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
     ap.add_argument("--wild", metavar="DIR", help="instead: old vs new folder recipe on DIR, stage by stage")
+    ap.add_argument("--stages", action="store_true",
+                    help="instead: the CelebA recipe on --n aligned images, one core, CPU per sample by stage")
     args = ap.parse_args()
     if args.wild:
         return wild_builds(args.wild)
+    if args.stages:
+        return celeba_stages(args.root, args.n)
     if not Path(args.root).is_dir():
         sys.exit(f"CelebA root {args.root} not found (pass --root)")
     source = get_source("celeba", args.root)

@@ -104,12 +104,16 @@ def template_box(name: str = "celeba") -> tuple[float, float, float, float]:
 
 def padded_fraction(m: np.ndarray, source_hw: tuple[int, int], size: int = HR_SIZE) -> float:
     """Share of the size x size crop of `m` whose pixel centre falls outside the source image."""
-    ys, xs = np.mgrid[0:size, 0:size]
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-    src = apply_transform(inv, np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64))
     h, w = source_hw
-    inside = (src[:, 0] >= -0.5) & (src[:, 0] <= w - 0.5) & (src[:, 1] >= -0.5) & (src[:, 1] <= h - 0.5)
-    return float(1.0 - inside.mean())
+    corners = apply_transform(inv, np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], float))
+    if (corners >= -0.5).all() and (corners[:, 0] <= w - 0.5).all() and (corners[:, 1] <= h - 0.5).all():
+        return 0.0  # the common case: the crop (a convex image of the square) lies inside the photo
+    x = np.arange(size, dtype=np.float64)
+    sx = inv[0, 0] * x[None, :] + inv[0, 1] * x[:, None] + inv[0, 2]  # source x of each crop pixel (row = y)
+    sy = inv[1, 0] * x[None, :] + inv[1, 1] * x[:, None] + inv[1, 2]
+    inside = (sx >= -0.5) & (sx <= w - 0.5) & (sy >= -0.5) & (sy <= h - 0.5)
+    return float(1.0 - np.count_nonzero(inside) / inside.size)
 
 
 def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE, border: str = "replicate") -> np.ndarray:
