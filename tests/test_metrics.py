@@ -108,3 +108,22 @@ def test_masked_ssim_averages_the_map_over_window_centres_in_the_mask():
     expected = inner[mask[0, 0, 5:-5, 5:-5].numpy() > 0].mean()
     assert abs(ssim(y_sr, y_hr, mask).item() - expected) < 1e-6
     assert ssim(y_sr, y_hr, mask).item() < ssim(y_sr, y_hr, 1 - mask).item()  # the degraded part scores lower
+
+
+def test_recover_lr_inverts_matlab_bicubic_upsampling():
+    """The FSRNet LR files are 16x16 images upsampled x8 by MATLAB's bicubic: recover_lr gets the 16x16 back."""
+    from proui_train.evaluate import bicubic_upsampling_matrix, recover_lr
+
+    a = bicubic_upsampling_matrix(16, 8)
+    assert a.shape == (128, 16)
+    np.testing.assert_allclose(a.sum(1), 1.0, atol=1e-12)  # a constant image stays constant
+    # MATLAB imresize([0 0 0 1 0 0 0 0 ...], 8, 'bicubic') samples the Keys kernel (a = -0.5) at offsets
+    # (i + 0.5) / 8 - 0.5 - 3: e.g. output pixel 27 sits at u = 2.9375, 0.0625 before input pixel 3
+    assert a[27, 3] == pytest.approx(1 - 2.5 * 0.0625**2 + 1.5 * 0.0625**3)  # (a+2)|x|^3 - (a+3)|x|^2 + 1
+    rng = np.random.default_rng(0)
+    lr = rng.integers(40, 216, (16, 16, 3)).astype(np.float64)  # the upsampling's overshoot stays in 0..255
+    up = np.einsum("ij,jkc,lk->ilc", a, lr, a)
+    assert 0 <= up.min() and up.max() <= 255
+    np.testing.assert_array_equal(recover_lr(up), lr.astype(np.uint8))
+    noisy = np.clip(np.round(up + rng.normal(0, 2.0, up.shape)), 0, 255)  # JPEG-like noise on the big image
+    assert np.abs(recover_lr(noisy).astype(float) - lr).max() <= 2.0
