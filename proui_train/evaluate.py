@@ -126,7 +126,7 @@ def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(torch.cat([c[k] for c in chunks]).double().nanmean()) for k in keys}
 
 
-def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 100,
+def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 32,
                     limit: int | None = None) -> dict[str, Any]:
     hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
     box = template_box("fsrnet")  # the sets' own frame, whatever frame the model was trained in

@@ -13,18 +13,21 @@ from proui_train.release import read_metadata
 from proui_train.runtime import load_generator
 
 RELEASE = Path(__file__).resolve().parents[1] / "weights" / "proui-celeba-cpu"
+# trained in the FSRNet sets' frame on clean thumbnails, for the FSRNet comparison
+RELEASE_FSRNET = Path(__file__).resolve().parents[1] / "weights" / "proui-celeba-fsrnet-cpu"
 
 
-def test_release_is_small_and_loads_three_ways():
-    files = {p.name: p.stat().st_size for p in RELEASE.iterdir()}
+@pytest.mark.parametrize("release", [RELEASE, RELEASE_FSRNET], ids=["celeba-frame", "fsrnet-frame"])
+def test_release_is_small_and_loads_three_ways(release):
+    files = {p.name: p.stat().st_size for p in release.iterdir()}
     assert set(files) == {"README.md", "config.json", "model.safetensors"}
     assert files["model.safetensors"] <= 6 * 2**20
-    meta = read_metadata(RELEASE)
+    meta = read_metadata(release)
     assert meta["weights"] == "ema" and meta["step"] > 0
     lr = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.no_grad():
-        outs = [m(lr)["final"] for m in (load_generator(RELEASE), load_generator(RELEASE / "model.safetensors"),
-                                         ProUIGAN.from_pretrained(str(RELEASE)))]
+        outs = [m(lr)["final"] for m in (load_generator(release), load_generator(release / "model.safetensors"),
+                                         ProUIGAN.from_pretrained(str(release)))]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
@@ -35,9 +38,10 @@ def test_release_reproduces_its_recorded_demo_metrics(demo_store):
         assert got[k] == pytest.approx(recorded[k], abs=1e-4), k
 
 
-def test_release_reproduces_its_recorded_fsrnet_slice(shared_data):
-    recorded = read_metadata(RELEASE)["check"]["fsrnet_celeba_first64"]
-    got = evaluate(str(RELEASE), None, str(shared_data / "benchmark" / "fsrnet"), None, device="cpu",
+@pytest.mark.parametrize("release", [RELEASE, RELEASE_FSRNET], ids=["celeba-frame", "fsrnet-frame"])
+def test_release_reproduces_its_recorded_fsrnet_slice(shared_data, release):
+    recorded = read_metadata(release)["check"]["fsrnet_celeba_first64"]
+    got = evaluate(str(release), None, str(shared_data / "benchmark" / "fsrnet"), None, device="cpu",
                    identity=False, limit=64)["celeba"]
     for k in ("psnr_y", "ssim_y"):
         assert got[k] == pytest.approx(recorded[k], abs=1e-4), k
