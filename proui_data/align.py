@@ -38,6 +38,7 @@ TEMPLATE_FSRNET = np.array(
     [[46.05, 48.0], [80.95, 48.0], [63.5, 66.9], [47.4, 82.15], [79.6, 82.15]], dtype=np.float64
 )
 TEMPLATES = {"celeba": TEMPLATE_5, "fsrnet": TEMPLATE_FSRNET}
+TEMPLATE_EYE_DISTANCE = float(TEMPLATE_5[1, 0] - TEMPLATE_5[0, 0])  # 27.5 HR px between the eye centres
 BORDERS = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 # Mean dlib HOG face box on CelebA aligned 178x218 frames (same 390 images): x0, y0, x1, y1.
 CELEBA_ALIGNED_BOX = (43.0, 88.0, 133.0, 177.0)

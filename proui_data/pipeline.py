@@ -96,6 +96,7 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
     """(68 points, 5 alignment points, landmark_source) in decoded-image pixels: the annotation when the recipe
     takes it, else the detector chain; raises NoFace with the reject reason."""
     det = recipe.detect
+    backend = landmark_backend(recipe)
     annotated = _scaled(item.landmarks, s)
     if annotated is not None and (annotated.shape[0] not in (5, 68) or not np.isfinite(annotated).all()):
         annotated = None
@@ -109,10 +110,8 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         m = align.similarity_transform(annotated, align.TEMPLATE_5)  # the predictor's box is in this frame
         box_src = align.apply_transform(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2],
                                         np.array(align.TEMPLATE_BOX).reshape(2, 2))
-        found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=landmark_backend(recipe))
-        backend = "fan" if landmark_backend(recipe) == "face-alignment" else "dlib"
-        return found.landmarks, annotated, "annotation5+" + backend
-    backend = landmark_backend(recipe)
+        found = locate_face(rgb, given_box=tuple(box_src.ravel()), backend=backend)
+        return found.landmarks, annotated, "annotation5+" + ("fan" if backend == "face-alignment" else "dlib")
     if item.face_box is not None:  # one face of the detection pass: its 68 points at full resolution
         if located is None:
             located = locate_face(rgb, given_box=item.face_box, backend=backend)
@@ -121,8 +120,7 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
         located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
-                              backend=landmark_backend(recipe), fallback=det.fallback,
-                              scale=detect_scale(recipe, s))
+                              backend=backend, fallback=det.fallback, scale=detect_scale(recipe, s))
     if isinstance(located, NoFace):
         raise located
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source

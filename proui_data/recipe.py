@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .align import BORDERS, TEMPLATE_5, TEMPLATES
+from .align import BORDERS, TEMPLATE_EYE_DISTANCE, TEMPLATES
 from .degrade import DegradeConfig
 from .occlusion import OcclusionConfig
 from .tables import build_dataclass, read_toml
@@ -33,7 +33,6 @@ class DecodeRecipe:
 # of the high-band energy of a sharp HR at 0.75 (35.0 dB, 61 % at 1.0; 28.6 dB, 37 % at 0.5): no knee, so the
 # bound trades sharpness for faces (docs/data.md#rejects).
 MIN_TARGET_SCALE = 0.75
-TEMPLATE_EYE_DISTANCE = float(TEMPLATE_5[1, 0] - TEMPLATE_5[0, 0])
 DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 source px
 SEARCHES = ("upsample", "min-face")
 FACES = ("largest", "all")

@@ -9,7 +9,6 @@ from .schema import FORMAT_VERSION
 # A valid sample's eye centres must sit near the template: alignment put them there (12 px for the default
 # template's eye distance, scaled with the store's).
 EYE_TOLERANCE_PX = 12.0
-TEMPLATE_EYE_DISTANCE = float(align.TEMPLATE_5[1, 0] - align.TEMPLATE_5[0, 0])
 LANDMARK_BOUNDS = (-64.0, 192.0)
 
 
@@ -26,7 +25,7 @@ def _check_rows(name: str, block: np.ndarray, valid: np.ndarray, rows: slice, pr
         eyes = np.stack([lm[:, 36:42].mean(1), lm[:, 42:48].mean(1)], 1)
         err = np.linalg.norm(eyes - eyes_at, axis=-1).max(1) if len(lm) else np.zeros(0)
         # the tolerance grows with the template's eye distance (the fsrnet frame's faces are larger)
-        tol = EYE_TOLERANCE_PX * float(np.linalg.norm(eyes_at[1] - eyes_at[0]) / TEMPLATE_EYE_DISTANCE)
+        tol = EYE_TOLERANCE_PX * float(np.linalg.norm(eyes_at[1] - eyes_at[0]) / align.TEMPLATE_EYE_DISTANCE)
         bad = np.flatnonzero(err > tol)
         if bad.size:
             problems.append(f"{where}: {bad.size} valid rows with eyes > {tol:.1f}px off the template")

@@ -74,12 +74,17 @@ def bicubic_upsampling_matrix(n: int = 16, scale: int = 8) -> np.ndarray:
     return a
 
 
+@functools.lru_cache(maxsize=None)
+def _downsampling_matrix(n: int, scale: int) -> np.ndarray:
+    """The least-squares inverse of `bicubic_upsampling_matrix(n, scale)`, computed once per size."""
+    return np.linalg.pinv(bicubic_upsampling_matrix(n, scale))
+
+
 def recover_lr(upsampled: np.ndarray, scale: int = 8) -> np.ndarray:
     """The (h/scale, w/scale, 3) uint8 image whose MATLAB bicubic x`scale` upsampling is closest to `upsampled`
     (least squares, separable)."""
     h, w = upsampled.shape[:2]
-    ph = np.linalg.pinv(bicubic_upsampling_matrix(h // scale, scale))
-    pw = ph if w == h else np.linalg.pinv(bicubic_upsampling_matrix(w // scale, scale))
+    ph, pw = _downsampling_matrix(h // scale, scale), _downsampling_matrix(w // scale, scale)
     lr = np.einsum("ij,jkc,lk->ilc", ph, upsampled.astype(np.float64), pw)
     return np.clip(lr + 0.5, 0, 255).astype(np.uint8)
 

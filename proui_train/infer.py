@@ -13,6 +13,7 @@ from proui_data import align
 from proui_data.decode import DecodeError, decode_image
 from proui_data.degrade import downsample
 from proui_data.detect import NoFace, locate_face
+from proui_data.recipe import AlignRecipe
 from proui_data.sources import IMAGE_SUFFIXES
 
 from .evaluate import _model_predict
@@ -29,7 +30,7 @@ def prepare(path: Path, template: str = "celeba") -> tuple[np.ndarray, np.ndarra
         return cv2.resize(rgb, (16, 16), interpolation=cv2.INTER_AREA), None
     found = locate_face(rgb, upsample=1)
     m = align.similarity_transform(align.landmarks68_to_5(found.landmarks), align.template_points(template))
-    hr = align.warp_to_template(rgb, m, border="constant")
+    hr = align.warp_to_template(rgb, m, border=AlignRecipe().border)  # as a build fills it
     return downsample(hr, 8), hr
 
 
