@@ -16,9 +16,10 @@ other jobs neither reaches 2x. Every timed run starts warm (models loaded on eac
 
     python benchmarks/build.py --wild ../shared/data/wild/celeba_in_the_wild
 
---wild DIR builds a folder of photos twice in this process (one core), with today's folder recipe and the one
-it replaced (HOG upsample 1 + fallback chain, min eye distance 8), and prints photos/s, CPU-ms per photo and
-where the CPU went, stage by stage (exclusive: a stage's time leaves out the stages it calls).
+--wild DIR builds a folder of photos in this process (one core), with today's folder recipe, the one it replaced
+(HOG upsample 1 + fallback chain, min eye distance 8), today's without the recheck, and today's at the larger
+size floors of --floors (a higher floor lets HOG search a smaller copy), and prints photos/s, CPU-ms per photo
+and where the CPU went, stage by stage (exclusive: a stage's time leaves out the stages it calls).
 
     python benchmarks/build.py --stages --n 512
 
@@ -27,6 +28,7 @@ where the CPU went, stage by stage (exclusive: a stage's time leaves out the sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import resource
@@ -251,9 +253,12 @@ def ceiling(source: Source, recipe, items: list[Item], procs: int) -> tuple[floa
 
 
 # stage -> (module, function): the names the build calls them by
-STAGES = {"decode": (pipeline, "decode_image"), "detect": (detect, "detect"), "landmarks": (detect, "predict_in_box"),
-          "align": (align, "warp_to_template"), "degrade": (pipeline, "degrade"), "priors": (pipeline, "add_priors"),
-          "occlusion": (pipeline, "occlude_sample"), "compress/write": (store, "write_shard")}
+# stage -> the functions it times, as (module, name) where callers look them up (the pipeline imports `detect` by
+# name for a faces = "all" build's detection pass; the predictor inside the recheck counts as landmarks)
+STAGES = {"decode": [(pipeline, "decode_image")], "detect": [(detect, "detect"), (pipeline, "detect")],
+          "landmarks": [(detect, "predict_in_box")], "align": [(align, "warp_to_template")],
+          "degrade": [(pipeline, "degrade")], "priors": [(pipeline, "add_priors")],
+          "occlusion": [(pipeline, "occlude_sample")], "compress/write": [(store, "write_shard")]}
 
 
 class StageClock:
@@ -277,14 +282,15 @@ class StageClock:
         return timed
 
     def run(self, fn, *args):
-        saved = {k: getattr(m, f) for k, (m, f) in STAGES.items()}
-        for k, (m, f) in STAGES.items():
-            setattr(m, f, self.wrap(k, saved[k]))
+        saved = [(m, f, getattr(m, f)) for targets in STAGES.values() for m, f in targets]
+        for k, targets in STAGES.items():
+            for m, f in targets:
+                setattr(m, f, self.wrap(k, getattr(m, f)))
         try:
             return fn(*args)
         finally:
-            for k, (m, f) in STAGES.items():
-                setattr(m, f, saved[k])
+            for m, f, original in saved:
+                setattr(m, f, original)
 
 
 def staged_build(source, recipe, url: str, limit: int | None = None) -> tuple:
@@ -310,23 +316,29 @@ def print_stages(rows: dict[str, tuple], unit: str) -> None:
         print(f"| {name} | {pps:.2f} | {ms:.1f} | {valid} | {dict(sorted(rejects.items()))} | {per} |")
 
 
-def wild_builds(folder: str) -> None:
-    """Old vs new folder recipe on one core, in this process, with the per-stage CPU breakdown."""
+def wild_builds(folder: str, floors: list[float]) -> None:
+    """Old vs new folder recipe on one core, in this process, with the per-stage CPU breakdown; `floors`: the new
+    recipe again at these minimum eye distances (source px), which set the scale HOG searches at."""
     source, new = get_source("folder", folder), load_recipe(None, "folder")
     old = new.replace(detect=DetectRecipe(landmarks="dlib", upsample=1, prior_box=False, min_eye_distance=8.0))
     n = len(source.items("train"))
     print(f"{n} photos in {folder}; one process, one core; at start: {load()}")
+    recipes = [("old: upsample 1 + fallback, largest face", old), ("new: folder recipe", new),
+               ("new without recheck", new.replace(detect=dataclasses.replace(new.detect, recheck=None)))]
+    for eyes in floors:
+        name = f"new, min eye distance {eyes:g} (search scale {detect.search_scale(eyes):.2f})"
+        recipes.append((name, new.replace(detect=dataclasses.replace(new.detect, min_eye_distance=eyes))))
     rows = {}
     tmp = Path(tempfile.mkdtemp(prefix="proui-wild-"))
     try:
         warm(source, old, source.items("train")[:4])
         detect.mmod_boxes(np.zeros((64, 64, 3), np.uint8))  # load MMOD too: the old recipe falls back to it
-        for name, recipe in (("old: upsample 1 + fallback, largest face", old), ("new: folder recipe", new)):
+        for name, recipe in recipes:
             rows[name] = staged_build(source, recipe, str(tmp / f"{len(rows)}.zarr"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_stages(rows, "photo")
-    (a, b) = rows.values()
+    a, b = list(rows.values())[:2]
     print(f"new / old: {b[0] / a[0]:.2f}x photos/s, {a[1] / b[1]:.2f}x less CPU per photo (stages: CPU-ms per photo); "
           f"at end: {load()}")
 
@@ -359,11 +371,13 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="with --scaling: leave out the S3 build")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"))
     ap.add_argument("--wild", metavar="DIR", help="instead: old vs new folder recipe on DIR, stage by stage")
+    ap.add_argument("--floors", default="27.5,34.4", metavar="EYES,...",
+                    help="with --wild: the new recipe again at these min eye distances (source px)")
     ap.add_argument("--stages", action="store_true",
                     help="instead: the CelebA recipe on --n aligned images, one core, CPU per sample by stage")
     args = ap.parse_args()
     if args.wild:
-        return wild_builds(args.wild)
+        return wild_builds(args.wild, [float(v) for v in args.floors.split(",") if v])
     if args.stages:
         return celeba_stages(args.root, args.n)
     if not Path(args.root).is_dir():

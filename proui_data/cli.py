@@ -104,7 +104,7 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
             recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
             recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")
         source = get_source(source_name, root, hf_name)
-        plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options)
+        plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options, progress=not no_progress)
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))
     n = sum(len(v) for v in plan.splits.values())

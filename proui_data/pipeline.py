@@ -18,14 +18,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from . import align, store
 from .decode import DecodeError, decode_image
 from .degrade import degrade
-from .detect import Box, Located, NoFace, detect, landmark_source, locate_face, locate_faces, search_scale
+from .detect import Box, Located, NoFace, detect, faces_kept, landmark_source, locate_face, locate_faces, search_scale
 from .occlusion import Occlusion, OcclusionConfig, occlude
 from .priors import add_priors
 from .recipe import Recipe
@@ -119,8 +120,8 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
     if item.face_stage == NO_FACE:
         raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
-        located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s),
-                              backend=backend, fallback=det.fallback, scale=detect_scale(recipe, s))
+        located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s), backend=backend,
+                              fallback=det.fallback, scale=detect_scale(recipe, s), recheck=bool(det.recheck))
     if isinstance(located, NoFace):
         raise located
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
@@ -261,27 +262,27 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
         return {}
     try:
         found = locate_faces(images, recipe.detect.upsample, boxes, given, backend=landmark_backend(recipe),
-                             fallback=recipe.detect.fallback, scales=scales)
+                             fallback=recipe.detect.fallback, scales=scales, recheck=bool(recipe.detect.recheck))
     except NoFace as e:  # one faceless image raises rather than returning its NoFace
         found = [e]
     return dict(zip(want, found))
 
 
-# Root attribute holding the detection pass of a detect.faces = "all" build: split -> photo key -> {"stage": the
-# chain stage that found the boxes, "boxes": HOG-framed boxes in decoded-image pixels, largest first ([]: no
-# face)}, or null for a photo that did not decode (its row says why). A resumed build expands from it.
-DETECTIONS = "face_detections"
+# A detection pass records what it found in the store this often, so a killed pass resumes where it was.
+CHECKPOINT_SECONDS = 60.0
+DETECTIONS = store.DETECTIONS
 NO_FACE = "none"  # the stage recorded for a photo where the pass found no face
 PhotoFaces = dict[str, Any] | None
 
 
 def faces_in(rgb: np.ndarray, s: float, source: Source, recipe: Recipe) -> tuple[list[Box], str]:
-    """(every confident face box the detector chain finds, largest first; the stage that found them); the
-    source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo without a face."""
+    """(every face box the detector chain finds and keeps, `detect.faces_kept`, largest first; the stage that
+    found them); the source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo
+    without a face."""
     det = recipe.detect
-    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s))
+    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s), bool(det.recheck))
     if found is not None:
-        return found.faces(), found.stage
+        return faces_kept(rgb, found, bool(det.recheck)), found.stage
     box = prior_box(source, recipe, s)
     return ([box], "prior-box") if box is not None else ([], NO_FACE)
 
@@ -298,17 +299,41 @@ def detect_photo(source: Source, item: Item, recipe: Recipe) -> PhotoFaces:
 
 
 def detect_photos(source: Source, items: list[Item], recipe: Recipe, threads: int,
-                  recorded: dict[str, PhotoFaces] | None = None) -> dict[str, PhotoFaces]:
+                  recorded: dict[str, PhotoFaces] | None = None, progress: bool = False,
+                  checkpoint: Callable[[dict[str, PhotoFaces]], None] | None = None,
+                  every: float | None = None) -> dict[str, PhotoFaces]:
     """The detection pass over the photos whose landmarks come from the detector: entries already `recorded`
-    are reused, the others found now on `threads` threads (dlib's HOG releases the GIL)."""
+    are reused, the others found now on `threads` threads (dlib's HOG releases the GIL), with a progress bar
+    when `progress`; `checkpoint` is handed the entries found so far every `every` seconds (CHECKPOINT_SECONDS)."""
+    every = CHECKPOINT_SECONDS if every is None else every
     recorded = recorded or {}
     photos = [it for it in items if uses_detector(it, recipe)]
     todo = [it for it in photos if it.key not in recorded]
     found: dict[str, PhotoFaces] = {}
     if todo:
         log.info("detecting faces in %d photos on %d threads", len(todo), threads)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            found = dict(zip((it.key for it in todo), pool.map(lambda it: detect_photo(source, it, recipe), todo)))
+        pool = ThreadPoolExecutor(max(1, threads))
+        bar = tqdm(total=len(todo), unit="photo", desc="detecting faces", disable=not progress)
+
+        def one(it: Item) -> PhotoFaces:
+            entry = detect_photo(source, it, recipe)
+            bar.update()
+            return entry
+
+        last, saved = time.monotonic(), 0
+        try:
+            for it, entry in zip(todo, pool.map(one, todo)):
+                found[it.key] = entry
+                if checkpoint is not None and time.monotonic() - last >= every:
+                    checkpoint(found)
+                    last, saved = time.monotonic(), len(found)
+        except BaseException:  # Ctrl-C or a failing photo source: keep what was found, drop what was queued
+            if checkpoint is not None and len(found) > saved:
+                checkpoint(found)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
     return {it.key: recorded[it.key] if it.key in recorded else found[it.key] for it in photos}
 
 
@@ -365,11 +390,12 @@ class StoreMismatch(RuntimeError):
 
 def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS, limit: int | None = None,
                overwrite: bool = False, storage_options: dict | None = None,
-               detect_threads: int | None = None) -> Plan:
+               detect_threads: int | None = None, progress: bool = False) -> Plan:
     """Enumerate samples, create or reopen the store, and list the shards still to write.
 
     `limit` counts photos (before a detect.faces = "all" build makes one sample per face); `detect_threads`:
-    threads of that build's detection pass (default `default_detect_threads()`).
+    threads of that build's detection pass (default `default_detect_threads()`), shown as a progress bar when
+    `progress`.
     """
     names = source.splits() if split == ALL_SPLITS else [split]
     if split != ALL_SPLITS and split not in source.splits():
@@ -384,9 +410,17 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
             root = None
     detections = None
     if all_faces(recipe):
-        recorded = recorded_detections(root, recipe, source) if root is not None else {}
+        root = detection_store(root, url, recipe, source, overwrite, storage_options)
+        recorded = recorded_detections(root, recipe, source)
         threads = default_detect_threads() if detect_threads is None else detect_threads
-        detections = {s: detect_photos(source, items, recipe, threads, recorded.get(s)) for s, items in splits.items()}
+        detections = {}
+
+        def record(s: str, found: dict[str, PhotoFaces]) -> None:
+            root.attrs[DETECTIONS] = {**recorded, **detections, s: {**recorded.get(s, {}), **found}}
+
+        for s, items in splits.items():
+            detections[s] = detect_photos(source, items, recipe, threads, recorded.get(s), progress,
+                                          checkpoint=lambda found, s=s: record(s, found))
         splits = {s: expand_faces(items, detections[s]) for s, items in splits.items()}
     k = recipe.occlusion.variants if recipe.occlusion is not None else 1
     if k > 1:  # K consecutive rows per face, one per occlusion variant
@@ -437,13 +471,31 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
     return plan
 
 
+def same_build_kind(root: Any, recipe: Recipe, source: Source) -> bool:
+    """Whether the store was made (or its detection pass started) with this recipe from this source."""
+    return (json.dumps([root.attrs.get("recipe"), root.attrs.get("source")], sort_keys=True, default=str)
+            == json.dumps([recipe.to_dict(), source.describe()], sort_keys=True, default=str))
+
+
+def detection_store(root: Any, url: str, recipe: Recipe, source: Source, overwrite: bool,
+                    storage_options: dict | None) -> Any:
+    """The store a detection pass records into as it goes: the existing one (`root`, None when there is none or
+    `overwrite`) or a new one, stamped with the recipe and source so that a killed pass resumes from it. A
+    store built with another recipe or source is refused now, not after the pass."""
+    if root is None:
+        root = store.open_root(url, mode="w" if overwrite else "a", storage_options=storage_options)
+    elif root.attrs.get("fingerprint") is not None and not same_build_kind(root, recipe, source):
+        raise StoreMismatch(f"{url} holds a build of a different recipe or source (fingerprint "
+                            f"{root.attrs['fingerprint']}); use --overwrite to start again or choose another --out")
+    if not same_build_kind(root, recipe, source):  # new, or a detection pass of another recipe that never built
+        root.attrs.update({"recipe": recipe.to_dict(), "source": source.describe(), DETECTIONS: {}})
+    return root
+
+
 def recorded_detections(root: Any, recipe: Recipe, source: Source) -> dict[str, dict[str, PhotoFaces]]:
     """The detection pass a store records, when it was made with this recipe from this source (else {}):
     a resumed build expands to exactly the rows it started with, without detecting again."""
-    attrs = root.attrs
-    same = (json.dumps([attrs.get("recipe"), attrs.get("source")], sort_keys=True, default=str)
-            == json.dumps([recipe.to_dict(), source.describe()], sort_keys=True, default=str))
-    return dict(attrs.get(DETECTIONS) or {}) if same else {}
+    return dict(root.attrs.get(DETECTIONS) or {}) if same_build_kind(root, recipe, source) else {}
 
 
 def shard_items(plan: Plan, s: str, k: int) -> list[Item]:

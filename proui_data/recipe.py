@@ -57,6 +57,10 @@ class DetectRecipe:
     # one; "all" every face the detector finds, one row each (`<file>#<k>`, largest first; `<file>` when there
     # is one). Unset rather than "largest" for the same reason as `search`.
     faces: str | None = None
+    # true: when HOG finds no face above its threshold, its best box scoring just under it (>= detect.LOW_SCORE)
+    # is kept if HOG, run on that face aligned upright, calls it a face; with faces = "all", boxes scoring far
+    # under the photo's best face are kept on the same check (detect.confirmed). Unset (off) for the same reason.
+    recheck: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ from . import __version__
 from .schema import FORMAT_VERSION, SPLITS, Field
 
 DONE = "_shard_done"
+# Root attribute holding the detection pass of a detect.faces = "all" build: split -> photo key -> {"stage": the
+# chain stage that found the boxes, "boxes": HOG-framed boxes in decoded-image pixels, largest first ([]: no
+# face)}, or null for a photo that did not decode (its row says why). A resumed build expands from it; the pass
+# records into it as it goes, before the store has a fingerprint.
+DETECTIONS = "face_detections"
 
 
 def open_root(url: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:

@@ -53,6 +53,10 @@ def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[st
         root = store.open_root(url, mode="r", storage_options=storage_options)
     except Exception as e:  # noqa: BLE001 - any failure to open is damage to report
         return [f"cannot open store: {type(e).__name__}: {e}"], counts
+    if root.attrs.get("fingerprint") is None and store.DETECTIONS in root.attrs:
+        done = sum(len(v) for v in (root.attrs[store.DETECTIONS] or {}).values())
+        return [f"unfinished: the build stopped in its face detection pass ({done} photos searched, recorded); "
+                "run the same build command again to resume it"], counts
     if root.attrs.get("proui_format") != FORMAT_VERSION:
         problems.append(f"root: proui_format is {root.attrs.get('proui_format')!r}, expected {FORMAT_VERSION}")
     template = root.attrs.get("template") or {}

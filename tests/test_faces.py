@@ -15,17 +15,20 @@ from click.testing import CliRunner
 
 from proui_data import align, detect
 from proui_data.cli import main as cli
-from proui_data.pipeline import DETECTIONS, StoreMismatch, build_shard, plan_build, shard_items
+from proui_data.pipeline import DETECTIONS, StoreMismatch, build_shard, detect_photos, plan_build, shard_items
 from proui_data.recipe import PriorsRecipe, RecipeError, load_recipe, parse_recipe
 from proui_data.runner import run_plan
 from proui_data.sources import get_source
 from proui_data.sources.helen import read_pts
+from proui_data.verify import verify_store
 
 from fixtures import demo_photo, write_jpeg
 
 HELEN_TEST = Path("300w") / "helen" / "testset"
 # Helen test photos where the annotated person is not the largest face (the folder recipe's search finds both)
 SECOND_PERSON = ("3051765471_2.jpg", "3144473012_2.jpg", "3214097106_2.jpg")
+# Helen test photos whose face HOG scores just under its threshold (-0.06, -0.02, -0.2 at the folder search scale)
+UNDER_THRESHOLD = ("3197527888_1.jpg", "3213274513_1.jpg", "3039319098_1.jpg")
 
 
 def group_photo(small: float = 0.7) -> np.ndarray:
@@ -69,10 +72,11 @@ def nme(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def test_recipe_field_and_fingerprint_rule():
-    assert load_recipe(None, "folder").detect.faces == "all"
-    for source in ("celeba", "helen", "demo", "hf"):  # unchanged recipes record (and fingerprint) no `faces`
-        assert load_recipe(None, source).detect.faces is None
-        assert "faces" not in load_recipe(None, source).to_dict()["detect"]
+    assert load_recipe(None, "folder").detect.faces == "all" and load_recipe(None, "folder").detect.recheck is True
+    for source in ("celeba", "helen", "demo", "hf"):  # unchanged recipes record (and fingerprint) neither
+        for name in ("faces", "recheck"):
+            assert getattr(load_recipe(None, source).detect, name) is None
+            assert name not in load_recipe(None, source).to_dict()["detect"]
     assert parse_recipe({"detect": {"faces": "largest"}}).detect.faces == "largest"
     with pytest.raises(RecipeError, match="detect.faces"):
         parse_recipe({"detect": {"faces": "every"}})
@@ -214,3 +218,91 @@ def test_a_file_named_like_a_face_key_is_a_clear_error(tmp_path):
     write_jpeg(folder / "x.jpg#1", demo_photo("grace_hopper.jpg"))  # a JPEG without an image suffix: sniffed
     with pytest.raises(ValueError, match="occur twice, e.g. 'x.jpg#1'"):
         plan_build(get_source("folder", str(folder)), folder_recipe(), str(tmp_path / "s.zarr"))
+
+
+def test_recheck_keeps_faces_hog_scores_just_under_its_threshold(shared_data, tmp_path):
+    truth = helen_photos(shared_data, UNDER_THRESHOLD, tmp_path / "helen")
+    scale = detect.search_scale(20.6)
+    for name, gt in truth.items():
+        rgb = cv2.cvtColor(cv2.imread(str(tmp_path / "helen" / name)), cv2.COLOR_BGR2RGB)
+        assert detect.detect(rgb, 0, False, scale) is None  # HOG alone: no face
+        found = detect.detect(rgb, 0, False, scale, recheck=True)
+        assert found.stage == "dlib-hog-rechecked" and len(found.boxes) == 1 and found.scores[0] < 0
+        assert nme(detect.predict_in_box(rgb, found.boxes[0]), gt) < 0.06
+    # the folder recipe keeps them (its default), one face each, at the annotated face
+    g = build(tmp_path / "helen", tmp_path / "f.zarr", folder_recipe())["train"]
+    assert sorted(g["key"][:]) == sorted(UNDER_THRESHOLD) and g["valid"][:].all()
+    assert set(g["landmark_source"][:]) == {"dlib-hog-rechecked"}
+    for i, key in enumerate(g["key"][:]):
+        assert nme(source_landmarks(g, i), truth[key]) < 0.06
+    off = build(tmp_path / "helen", tmp_path / "off.zarr", folder_recipe(recheck=None))["train"]
+    assert set(off["reject_reason"][:]) == {"no_face"}
+
+
+def test_recheck_turns_down_clutter():
+    astronaut = demo_photo("astronaut.jpg")
+    found = detect.detect(astronaut, 0, False, detect.search_scale(20.6), recheck=True)
+    badge, score = found.boxes[1], found.scores[1]  # the mission badge on her sleeve, ranked weak (0.18 vs 1.38)
+    assert found.confident == 1 and 0 < score < 0.25 * found.scores[0]
+    assert not detect.confirmed(astronaut, badge, score)  # upright it scores 0.19: no more a face than before
+    assert detect.faces_kept(astronaut, found, recheck=True) == found.boxes[:1]
+    assert detect.confirmed(astronaut, found.boxes[0], found.scores[0] - 0.5)  # the face itself passes
+    # photos without a face stay without one: noise, a flat image, and Grace Hopper with her face painted over
+    hopper = demo_photo("grace_hopper.jpg")
+    x0, y0, x1, y1 = (int(v) for v in detect.detect(hopper).boxes[0])
+    w = x1 - x0
+    hopper[max(0, y0 - w // 2):y1 + w // 2, max(0, x0 - w // 2):x1 + w // 2] = 128
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    for rgb in (noise, np.full((300, 300, 3), 90, np.uint8), hopper):
+        assert detect.detect(rgb, 0, False, detect.search_scale(20.6), recheck=True) is None
+
+
+def test_a_killed_detection_pass_resumes_where_it_was(tmp_path, monkeypatch):
+    d = tmp_path / "photos"
+    for i in range(8):
+        write_jpeg(d / f"{i:02d}.jpg", group_photo() if i % 3 == 0 else demo_photo("grace_hopper.jpg"))
+    recipe, out = folder_recipe("all"), str(tmp_path / "f.zarr")
+    whole = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "whole.zarr"), detect_threads=1)
+
+    import proui_data.pipeline as pipeline
+    real, seen = pipeline.detect_photo, []
+
+    def dies_after_five(source, item, recipe):
+        if len(seen) == 5:
+            raise KeyboardInterrupt  # the user's Ctrl-C, or the machine going away
+        seen.append(item.key)
+        return real(source, item, recipe)
+
+    monkeypatch.setattr(pipeline, "detect_photo", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        plan_build(get_source("folder", str(d)), recipe, out, detect_threads=1)
+    recorded = zarr.open_group(out, mode="r").attrs[DETECTIONS]["train"]
+    assert sorted(recorded) == seen == [f"{i:02d}.jpg" for i in range(5)]  # recorded on the way out
+    problems, _ = verify_store(out)
+    assert problems == ["unfinished: the build stopped in its face detection pass (5 photos searched, recorded); "
+                        "run the same build command again to resume it"]
+
+    seen.clear()
+    monkeypatch.setattr(pipeline, "detect_photo", lambda *a: seen.append(a[1].key) or real(*a))
+    again = plan_build(get_source("folder", str(d)), recipe, out, detect_threads=1)
+    assert seen == ["05.jpg", "06.jpg", "07.jpg"]  # only the photos the killed pass had not reached
+    assert again.splits == whole.splits and again.fingerprint == whole.fingerprint
+    run_plan(again, workers=0, progress=False)
+    assert zarr.open_group(out, mode="r")["train"]["valid"][:].all()
+    # a store of another recipe is refused before any photo is searched
+    seen.clear()
+    with pytest.raises(StoreMismatch, match="different recipe or source"):
+        plan_build(get_source("folder", str(d)), recipe.replace(seed=1), out, detect_threads=1)
+    assert seen == []
+
+
+def test_the_detection_pass_records_as_it_goes(tmp_path):
+    """Between checkpoints a pass killed outright (SIGKILL, power) loses at most CHECKPOINT_SECONDS of work."""
+    d = tmp_path / "photos"
+    for i in range(4):
+        write_jpeg(d / f"{i}.jpg", demo_photo("grace_hopper.jpg"))
+    source = get_source("folder", str(d))
+    snapshots: list[list[str]] = []
+    found = detect_photos(source, source.items("train"), folder_recipe(), threads=1,
+                          checkpoint=lambda f: snapshots.append(sorted(f)), every=0.0)
+    assert snapshots == [["0.jpg"], ["0.jpg", "1.jpg"], ["0.jpg", "1.jpg", "2.jpg"], sorted(found)]
