@@ -17,9 +17,10 @@ other jobs neither reaches 2x. Every timed run starts warm (models loaded on eac
     python benchmarks/build.py --wild ../shared/data/wild/celeba_in_the_wild
 
 --wild DIR builds a folder of photos in this process (one core), with today's folder recipe, the one it replaced
-(HOG upsample 1 + fallback chain, min eye distance 8), today's without the recheck, and today's at the larger
-size floors of --floors (a higher floor lets HOG search a smaller copy), and prints photos/s, CPU-ms per photo
-and where the CPU went, stage by stage (exclusive: a stage's time leaves out the stages it calls).
+(HOG upsample 1 + fallback chain, min eye distance 8), today's with HOG alone (with and without the recheck), and
+today's at the larger size floors of --floors (a higher floor lets the detectors search smaller copies), and
+prints photos/s, CPU-ms per photo and where the CPU went, stage by stage (exclusive: a stage's time leaves out
+the stages it calls).
 
     python benchmarks/build.py --stages --n 512
 
@@ -323,8 +324,10 @@ def wild_builds(folder: str, floors: list[float]) -> None:
     old = new.replace(detect=DetectRecipe(landmarks="dlib", upsample=1, prior_box=False, min_eye_distance=8.0))
     n = len(source.items("train"))
     print(f"{n} photos in {folder}; one process, one core; at start: {load()}")
-    recipes = [("old: upsample 1 + fallback, largest face", old), ("new: folder recipe", new),
-               ("new without recheck", new.replace(detect=dataclasses.replace(new.detect, recheck=None)))]
+    hog = new.replace(detect=dataclasses.replace(new.detect, search="min-face"))
+    recipes = [("old: upsample 1 + fallback, largest face", old), ("new: folder recipe (BlazeFace first)", new),
+               ("HOG min-face search + recheck, no BlazeFace", hog),
+               ("HOG min-face search, no recheck", hog.replace(detect=dataclasses.replace(hog.detect, recheck=None)))]
     for eyes in floors:
         name = f"new, min eye distance {eyes:g} (search scale {detect.search_scale(eyes):.2f})"
         recipes.append((name, new.replace(detect=dataclasses.replace(new.detect, min_eye_distance=eyes))))
@@ -332,6 +335,7 @@ def wild_builds(folder: str, floors: list[float]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="proui-wild-"))
     try:
         warm(source, old, source.items("train")[:4])
+        warm(source, new, source.items("train")[:4])  # BlazeFace's interpreter on this thread
         detect.mmod_boxes(np.zeros((64, 64, 3), np.uint8))  # load MMOD too: the old recipe falls back to it
         for name, recipe in recipes:
             rows[name] = staged_build(source, recipe, str(tmp / f"{len(rows)}.zarr"))

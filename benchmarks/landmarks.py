@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from proui_data import detect  # noqa: E402
+from proui_data import blazeface, detect  # noqa: E402
 from proui_data.decode import decode_image  # noqa: E402
 from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE  # noqa: E402
 from proui_data.sources.helen import read_pts  # noqa: E402
@@ -158,9 +158,17 @@ def fan_row(items, data) -> str:
     return row(f"face-alignment on chain boxes ({lm.device})", summarize(errs, len(data)), f"{len(items) / dt:.1f}")
 
 
-def calibrate(data) -> None:
+def blazeface_boxes(rgb: np.ndarray) -> list:
+    """BlazeFace's raw boxes as the folder recipe searches (faces down to its 20.6-px eyes)."""
+    return [b for b, _ in blazeface.face_boxes(rgb, detect.HOG_BOX_PER_EYE * DEFAULT_MIN_EYE_DISTANCE)]
+
+
+CALIBRATED = {"dlib-mmod": detect.mmod_boxes, "opencv-haar": detect.haar_boxes, "blazeface": blazeface_boxes}
+
+
+def calibrate(data, stages: list[str]) -> None:
     """Median box maps between detectors on faces both found (trainset)."""
-    pairs: dict[str, list] = {"dlib-mmod": [], "opencv-haar": []}
+    pairs: dict[str, list] = {stage: [] for stage in stages}
     to_landmarks = []
     for _, rgb, gt in data:
         lb = landmark_box(gt)
@@ -170,8 +178,8 @@ def calibrate(data) -> None:
                 w = hb[2] - hb[0]
                 to_landmarks.append([(lb[0] + lb[2] - hb[0] - hb[2]) / 2 / w, (lb[1] + lb[3] - hb[1] - hb[3]) / 2 / w,
                                      (lb[2] - lb[0]) / w, (lb[3] - lb[1]) / w])
-        for stage, find in (("dlib-mmod", detect.mmod_boxes), ("opencv-haar", detect.haar_boxes)):
-            boxes = find(rgb) if pairs[stage] is not None else None
+        for stage in stages:
+            boxes = CALIBRATED[stage](rgb) if pairs[stage] is not None else None
             if boxes is None:
                 pairs[stage] = None
                 continue
@@ -195,13 +203,15 @@ def calibrate(data) -> None:
           f"width x{np.median(a[:, 2]):.4f} height x{np.median(a[:, 3]):.4f} (HOG box widths)")
 
 
-# (name, HOG upsample, min-face search, fallback chain, min eye distance, recheck): what each search does
+# (name, HOG upsample, min-face search, fallback chain, min eye distance, recheck, BlazeFace first): the searches
 SEARCHES = [
-    ("old: folder recipe (upsample 1, fallback)", 1, False, True, 8.0, False),
-    ("old: upsample 0, fallback (Helen reference)", 0, False, True, 8.0, False),
-    ("min-face search", 0, True, False, DEFAULT_MIN_EYE_DISTANCE, False),
-    ("min-face search + fallback", 0, True, True, DEFAULT_MIN_EYE_DISTANCE, False),
-    ("new: min-face search + recheck (folder recipe)", 0, True, False, DEFAULT_MIN_EYE_DISTANCE, True),
+    ("old: folder recipe (upsample 1, fallback)", 1, False, True, 8.0, False, False),
+    ("old: upsample 0, fallback (Helen reference)", 0, False, True, 8.0, False, False),
+    ("min-face search", 0, True, False, DEFAULT_MIN_EYE_DISTANCE, False, False),
+    ("min-face search + fallback", 0, True, True, DEFAULT_MIN_EYE_DISTANCE, False, False),
+    ("min-face search + recheck", 0, True, False, DEFAULT_MIN_EYE_DISTANCE, True, False),
+    ("new: BlazeFace, then min-face search + recheck (folder recipe)", 0, True, False, DEFAULT_MIN_EYE_DISTANCE,
+     True, True),
 ]
 
 
@@ -210,12 +220,12 @@ def eye_distance(points: np.ndarray) -> float:
 
 
 def run_search(images: list[np.ndarray], upsample: int, min_face: bool, fallback: bool, min_eye: float,
-               recheck: bool):
+               recheck: bool, blazeface: bool):
     """(largest accepted face's 68 points or None per image, CPU s, wall s): detection + predictor, as a build."""
     scale = detect.search_scale(min_eye) if min_face else None
     out, cpu, wall = [], time.process_time(), time.perf_counter()
     for rgb in images:
-        found = detect.detect(rgb, upsample, fallback, scale, recheck)
+        found = detect.detect(rgb, upsample, fallback, scale, recheck, blazeface)
         pts = detect.predict_in_box(rgb, found.boxes[0]) if found else None
         out.append(pts if pts is not None and eye_distance(pts) >= min_eye else None)
     return out, time.process_time() - cpu, time.perf_counter() - wall
@@ -226,6 +236,7 @@ def compare(helen, wild: list[np.ndarray]) -> None:
     # load every model before timing (MMOD too: the fallback chain loads it on its first miss)
     detect.predict_in_box(wild[0], (0, 0, 80, 80))
     detect.mmod_boxes(wild[0])
+    blazeface_boxes(wild[0])
     print(f"Helen test {len(helen)} photos, wild {len(wild)} photos; one core (OMP_NUM_THREADS=1); "
           f"load average {os.getloadavg()[0]:.2f} at start; new min eye distance {DEFAULT_MIN_EYE_DISTANCE} px "
           f"(search scale {detect.search_scale(DEFAULT_MIN_EYE_DISTANCE):.2f})")
@@ -243,7 +254,7 @@ def compare(helen, wild: list[np.ndarray]) -> None:
 
 
 def faces_found(helen, upsample: int, min_face: bool, fallback: bool, min_eye: float,
-                recheck: bool) -> dict[str, list[float]]:
+                recheck: bool, blazeface: bool) -> dict[str, list[float]]:
     """Per photo, the best NME against the annotation among the accepted faces (eyes >= min_eye) a build keeps
     under detect.faces = "largest" (the first box) and "all" (`detect.faces_kept`); inf when none; also "faces":
     accepted faces per photo under "all"; "cpu": CPU s per photo of the "all" search with its predictions."""
@@ -251,7 +262,7 @@ def faces_found(helen, upsample: int, min_face: bool, fallback: bool, min_eye: f
     out: dict[str, list[float]] = {"largest": [], "all": [], "faces": [], "cpu": []}
     for _, rgb, gt in helen:
         cpu = time.process_time()
-        found = detect.detect(rgb, upsample, fallback, scale, recheck)
+        found = detect.detect(rgb, upsample, fallback, scale, recheck, blazeface)
         errors = {}
         for box in detect.faces_kept(rgb, found, recheck) if found else []:
             pts = detect.predict_in_box(rgb, box)
@@ -294,6 +305,7 @@ def main() -> None:
     ap.add_argument("--upsample", type=int, default=0, help="HOG upsample of the first stage (recipe detect.upsample)")
     ap.add_argument("--stages-alone", action="store_true", help="also run every stage on every photo (slow: MMOD)")
     ap.add_argument("--calibrate", action="store_true", help="measure the box corrections on trainset")
+    ap.add_argument("--calibrate-stages", default=",".join(CALIBRATED), help="with --calibrate: these detectors")
     ap.add_argument("--compare", action="store_true", help="old vs new face search on Helen test and --wild")
     ap.add_argument("--wild", type=Path, default=WILD, help="folder of unannotated photos for --compare")
     ap.add_argument("--faces", action="store_true", help="detect.faces largest vs all: annotated face found, Helen test")
@@ -303,7 +315,7 @@ def main() -> None:
     elif args.compare:
         compare(load(args.root / "testset", args.limit), load_wild(args.wild)[: args.limit])
     elif args.calibrate:
-        calibrate(load(args.root / "trainset", args.limit))
+        calibrate(load(args.root / "trainset", args.limit), args.calibrate_stages.split(","))
     else:
         evaluate(load(args.root / "testset", args.limit), args.upsample, args.stages_alone)
 

@@ -4,8 +4,11 @@ The offline default is dlib's 68-point shape predictor (iBUG 300-W scheme) with 
 `face_recognition_models` package installs from the registry. Its face box comes from a fallback chain,
 each stage tried only when the ones before found nothing:
 
-  dlib-hog       HOG frontal detector at the recipe's upsample level, or (search = "min-face") on a copy
-                 scaled so that the smallest accepted face just fills HOG's window (`search_scale`)
+  blazeface      (search = "blazeface") MediaPipe's BlazeFace CNN (proui_data.blazeface), searching copies
+                 where the smallest accepted face is its minimum size; ~6x cheaper than HOG on the same faces
+  dlib-hog       HOG frontal detector at the recipe's upsample level, or (search = "min-face" and after a
+                 BlazeFace miss) on a copy scaled so that the smallest accepted face just fills HOG's window
+                 (`search_scale`)
   dlib-hog-rechecked  (recipe `detect.recheck`) the best box HOG scored just under its threshold, kept when HOG
                  scores the face a face once it is aligned upright (`confirmed`); costs nothing when HOG
                  found a face
@@ -51,9 +54,12 @@ MMOD_MAX_SIDE = 384
 # MMOD (at MMOD_MAX_SIDE): 429 faces of the first 400 photos; on photos 400-519 it lowers the predictor's NME
 # on MMOD boxes from 0.0363 (raw) to 0.0293 (HOG boxes: 0.0279). Haar: 314 faces of the first 360,
 # measured with an OpenCV 4.14 wheel (OpenCV 5 has no cascades). Both frame faces higher than HOG does.
+# BlazeFace (searched as the folder recipe does): 949 faces of Helen trainset; the predictor in its mapped boxes
+# gives NME 0.0261 on Helen test (largest face) against 0.0257 in HOG's own (benchmarks/landmarks.py --compare).
 BOX_TO_HOG = {
     "dlib-mmod": (0.0451, 0.0694, 0.9871),
     "opencv-haar": (0.0063, 0.0724, 0.8905),
+    "blazeface": (-0.0050, 0.0156, 0.9178),
 }
 # dlib's frontal HOG detector scans an 80x80 window; the face box it reports is HOG_BOX_PER_EYE x the eye-centre
 # distance (median over 379 Helen-test and 190 wild faces, IQR 2.25-2.6) and reliably at least HOG_MIN_BOX px:
@@ -307,12 +313,21 @@ def haar_boxes(rgb: np.ndarray) -> list[Box] | None:
 
 
 def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: float | None = None,
-           recheck: bool = False) -> Detection | None:
+           recheck: bool = False, blazeface: bool = False) -> Detection | None:
     """The first chain stage that finds a face (see module docstring), boxes in HOG framing; None if none does.
 
     `scale`: search HOG on a copy resized by it (`search_scale`) instead of at `upsample` pyramid levels.
     `recheck`: when HOG finds no box >= 0, its best box >= LOW_SCORE that `confirmed` passes is the face.
+    `blazeface`: BlazeFace first, for the faces down to the size `scale` stands for (HOG_MIN_BOX / scale px).
     """
+    if blazeface:
+        from . import blazeface as bf
+
+        found = bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))
+        if found:
+            score_of = {to_hog_frame(b, "blazeface"): s for b, s in found}
+            boxes, confident = _rank(list(score_of.items()))
+            return Detection(boxes, "blazeface", confident, tuple(score_of[b] for b in boxes))
     scored = _hog_scored(rgb, upsample, scale, LOW_SCORE if recheck else 0.0)
     score_of = {b: s for b, s in scored if s >= 0}
     boxes, confident = _rank(list(score_of.items()))
@@ -370,6 +385,7 @@ def faces_kept(rgb: np.ndarray, found: Detection, recheck: bool = False) -> list
     weak ones (under RELATIVE_SCORE x the best score) that `confirmed` passes."""
     n = len(found.faces())
     scores = found.scores or (0.0,) * len(found.boxes)
+    recheck = recheck and found.stage == "dlib-hog"  # the recheck compares HOG scores
     weak = [b for b, s in zip(found.boxes[n:], scores[n:]) if recheck and confirmed(rgb, b, s)]
     return sorted(found.faces() + weak, key=lambda b: -_area(b))
 
@@ -384,10 +400,11 @@ def predict_in_box(rgb: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _find_box(rgb: np.ndarray, upsample: int, prior_box: Box | None, given_box: Box | None,
-              fallback: bool, scale: float | None = None, recheck: bool = False) -> tuple[Box, str, int]:
+              fallback: bool, scale: float | None = None, recheck: bool = False,
+              blazeface: bool = False) -> tuple[Box, str, int]:
     if given_box is not None:
         return tuple(given_box), "given-box", 1
-    found = detect(rgb, upsample, fallback, scale, recheck)
+    found = detect(rgb, upsample, fallback, scale, recheck, blazeface)
     if found is not None:
         return found.boxes[0], found.stage, len(found.boxes)
     if prior_box is not None:
@@ -404,19 +421,21 @@ def landmark_source(backend: str, stage: str) -> str:
 
 def locate_face(rgb: np.ndarray, upsample: int = 0, prior_box: Box | None = None,
                 given_box: Box | None = None, backend: str = "dlib", fallback: bool = True,
-                scale: float | None = None, recheck: bool = False) -> Located:
+                scale: float | None = None, recheck: bool = False, blazeface: bool = False) -> Located:
     """The largest face's 68 landmarks. Box from: a given (annotated) box, the detector chain, the prior box.
 
     `backend` is "dlib" (shape predictor) or "face-alignment" (2D FAN, proui_data.fan); either runs on the full
     image, whatever `scale` the detector searched at. Raises NoFace.
     """
-    return locate_faces([rgb], upsample, [prior_box], [given_box], backend, fallback, [scale], recheck)[0]
+    return locate_faces([rgb], upsample, [prior_box], [given_box], backend, fallback, [scale], recheck,
+                        blazeface)[0]
 
 
 def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
                  prior_boxes: Sequence[Box | None] | None = None, given_boxes: Sequence[Box | None] | None = None,
                  backend: str = "dlib", fallback: bool = True,
-                 scales: Sequence[float | None] | None = None, recheck: bool = False) -> list[Located | NoFace]:
+                 scales: Sequence[float | None] | None = None, recheck: bool = False,
+                 blazeface: bool = False) -> list[Located | NoFace]:
     """`locate_face` on many images; the face-alignment backend runs one batched forward for all of them.
 
     Raises NoFace for the first image without a face when there is one image; otherwise that image's
@@ -431,7 +450,7 @@ def locate_faces(images: Sequence[np.ndarray], upsample: int = 0,
     found: list[tuple[Box, str, int] | NoFace] = []
     for rgb, prior, given, scale in zip(images, prior_boxes, given_boxes, scales):
         try:
-            found.append(_find_box(rgb, upsample, prior, given, fallback, scale, recheck))
+            found.append(_find_box(rgb, upsample, prior, given, fallback, scale, recheck, blazeface))
         except NoFace as e:
             found.append(e)
     if n == 1 and isinstance(found[0], NoFace):

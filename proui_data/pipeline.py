@@ -73,7 +73,12 @@ def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
 def detect_scale(recipe: Recipe, s: float) -> float | None:
     """The scale HOG searches at on a decoded image (decoded px per source px `s`); None: at `upsample` levels."""
     det = recipe.detect
-    return search_scale(det.min_eye_distance * s) if det.search == "min-face" else None
+    return search_scale(det.min_eye_distance * s) if det.search in ("min-face", "blazeface") else None
+
+
+def blazeface_first(recipe: Recipe) -> bool:
+    """Whether the search starts with BlazeFace (`detect.search = "blazeface"`), HOG only where it finds nothing."""
+    return recipe.detect.search == "blazeface"
 
 
 def all_faces(recipe: Recipe) -> bool:
@@ -121,7 +126,8 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
         located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s), backend=backend,
-                              fallback=det.fallback, scale=detect_scale(recipe, s), recheck=bool(det.recheck))
+                              fallback=det.fallback, scale=detect_scale(recipe, s), recheck=bool(det.recheck),
+                              blazeface=blazeface_first(recipe))
     if isinstance(located, NoFace):
         raise located
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
@@ -262,7 +268,8 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
         return {}
     try:
         found = locate_faces(images, recipe.detect.upsample, boxes, given, backend=landmark_backend(recipe),
-                             fallback=recipe.detect.fallback, scales=scales, recheck=bool(recipe.detect.recheck))
+                             fallback=recipe.detect.fallback, scales=scales, recheck=bool(recipe.detect.recheck),
+                             blazeface=blazeface_first(recipe))
     except NoFace as e:  # one faceless image raises rather than returning its NoFace
         found = [e]
     return dict(zip(want, found))
@@ -280,7 +287,8 @@ def faces_in(rgb: np.ndarray, s: float, source: Source, recipe: Recipe) -> tuple
     found them); the source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo
     without a face."""
     det = recipe.detect
-    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s), bool(det.recheck))
+    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s), bool(det.recheck),
+                   blazeface_first(recipe))
     if found is not None:
         return faces_kept(rgb, found, bool(det.recheck)), found.stage
     box = prior_box(source, recipe, s)

@@ -34,7 +34,7 @@ class DecodeRecipe:
 # bound trades sharpness for faces (docs/data.md#rejects).
 MIN_TARGET_SCALE = 0.75
 DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 source px
-SEARCHES = ("upsample", "min-face")
+SEARCHES = ("upsample", "min-face", "blazeface")
 FACES = ("largest", "all")
 
 
@@ -50,8 +50,10 @@ class DetectRecipe:
     min_eye_distance: float = DEFAULT_MIN_EYE_DISTANCE  # source pixels; smaller faces are face_too_small
     # Where HOG searches: "upsample" (unset) the full image at `upsample` pyramid levels; "min-face" a copy
     # scaled so that a face with eyes `min_eye_distance` apart just fills HOG's window (detect.search_scale),
-    # landmarks still at full resolution. Unset rather than "upsample" so that the recipes that do not use it
-    # record, and fingerprint, exactly what they did before.
+    # landmarks still at full resolution; "blazeface" MediaPipe's BlazeFace CNN first, on copies where that face is
+    # its minimum size (proui_data.blazeface), then the "min-face" HOG search on photos where it finds none.
+    # Unset rather than "upsample" so that the recipes that do not use it record, and fingerprint, exactly what
+    # they did before.
     search: str | None = None
     # Which faces of a photo whose landmarks come from the detector become rows: "largest" (unset) the largest
     # one; "all" every face the detector finds, one row each (`<file>#<k>`, largest first; `<file>` when there

@@ -170,11 +170,11 @@ def test_boxes_found_on_a_scaled_copy_map_back(scale):
     assert err < 0.02 * width
 
 
-def test_min_face_folder_build_finds_the_faces(tmp_path):
+def test_folder_build_finds_the_faces(tmp_path):
     from proui_data.recipe import load_recipe
 
     recipe = load_recipe(None, "folder")
-    assert recipe.detect.search == "min-face" and recipe.detect.fallback is False
+    assert recipe.detect.search == "blazeface" and recipe.detect.fallback is False
     d = tmp_path / "photos"
     write_jpeg(d / "a.jpg", demo_photo("astronaut.jpg"))
     write_jpeg(d / "b.jpg", demo_photo("grace_hopper.jpg"))
@@ -185,7 +185,7 @@ def test_min_face_folder_build_finds_the_faces(tmp_path):
     assert r.exit_code == 0, r.output
     g = zarr.open_group(str(out), mode="r")["train"]
     assert list(g["reject_reason"][:]) == ["", "", "no_face"]
-    assert set(g["landmark_source"][:][:2]) == {"dlib-hog"}
+    assert set(g["landmark_source"][:][:2]) == {"blazeface"}
 
 
 def test_recipes_without_search_record_what_they_did_before():

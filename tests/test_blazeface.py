@@ -1,0 +1,119 @@
+"""BlazeFace (proui_data.blazeface): the folder recipe's first face search, on copies where the smallest
+accepted face is its minimum size, tiled when the photo is large."""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from proui_data import blazeface, detect
+
+from fixtures import demo_photo
+
+MIN_FACE = detect.HOG_BOX_PER_EYE * 20.6  # the folder recipe's smallest face: eyes 20.6 px apart
+
+
+def iou(a, b) -> float:
+    return detect._iou(tuple(a), tuple(b))
+
+
+def in_thread(fn):
+    """fn() on a fresh thread (its own interpreter cache); returns its result or raises its exception."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            out["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_finds_the_demo_faces_where_hog_does_and_not_the_badge():
+    for name in ("astronaut.jpg", "grace_hopper.jpg"):
+        rgb = demo_photo(name)
+        found = blazeface.face_boxes(rgb, MIN_FACE)
+        assert len(found) == 1 and found[0][1] > 0.8  # one face: the astronaut's badge is not one
+        hog = detect.hog_boxes(rgb)[0]
+        assert iou(detect.to_hog_frame(found[0][0], "blazeface"), hog) > 0.7  # calibrated onto HOG's framing
+        hit = detect.detect(rgb, 0, False, detect.search_scale(20.6), blazeface=True)
+        assert hit.stage == "blazeface" and len(hit.boxes) == 1 and hit.scores[0] == found[0][1]
+    for blank in (np.full((300, 400, 3), 90, np.uint8), np.random.default_rng(0).integers(0, 256, (400, 400, 3),
+                                                                                          dtype=np.uint8)):
+        assert blazeface.face_boxes(blank, MIN_FACE) == []
+        assert detect.detect(blank, 0, False, detect.search_scale(20.6), blazeface=True) is None
+
+
+def test_levels_and_tiles():
+    # a photo that fits the input at the floor's scale: the whole photo once, letterboxed (at a larger scale)
+    assert blazeface.levels(400, 300, MIN_FACE) == [192 / 400]
+    # a 500 px photo needs the floor's scale (20 px faces) in tiles, then the whole photo for the larger faces
+    s0 = blazeface.MIN_BOX / MIN_FACE
+    assert blazeface.levels(400, 500, MIN_FACE) == [pytest.approx(s0), 192 / 500]
+    big = blazeface.levels(3744, 5616, MIN_FACE)
+    assert big[0] == pytest.approx(s0) and big[-1] == 192 / 5616
+    for finer, coarser in zip(big, big[1:-1]):  # a face larger than the tiles' overlap is >= MIN_BOX one level up
+        assert coarser == pytest.approx(finer * blazeface.MIN_BOX / blazeface.OVERLAP)
+    for size in (150, 192, 193, 500, 2275):
+        starts = blazeface._tile_starts(size)
+        assert starts[0] == 0 and starts[-1] + blazeface.INPUT >= size
+        assert all(b - a <= blazeface.INPUT - blazeface.OVERLAP for a, b in zip(starts, starts[1:]))
+
+
+def test_small_faces_in_a_large_photo_are_found_once_across_tiles():
+    """Grace Hopper shrunk to just above the floor (box ~60 px) at tile seams of a 1600x1200 photo, and the
+    astronaut at full size (box ~88 px, found at a coarser level): each face is one box, where it was put."""
+    canvas = np.full((1200, 1600, 3), 120, np.uint8)
+    hopper = demo_photo("grace_hopper.jpg")
+    box = detect.hog_boxes(hopper)[0]
+    f = 60 / (box[2] - box[0])
+    small = cv2.resize(hopper, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    s0 = blazeface.MIN_BOX / MIN_FACE
+    seam = blazeface._tile_starts(round(1600 * s0))[1] / s0  # where the second tile starts, in photo px
+    places = [(int(seam - box[0] * f - 30), 100), (300, 700)]
+    expected = []
+    for x, y in places:
+        canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+        expected.append((x + box[0] * f, y + box[1] * f, x + box[2] * f, y + box[3] * f))
+    astronaut = demo_photo("astronaut.jpg")
+    canvas[600:1112, 1000:1512] = astronaut
+    a = detect.hog_boxes(astronaut)[0]
+    expected.append((a[0] + 1000, a[1] + 600, a[2] + 1000, a[3] + 600))
+    found = [detect.to_hog_frame(b, "blazeface") for b, _ in blazeface.face_boxes(canvas, MIN_FACE)]
+    assert len(found) == 3
+    for e in expected:
+        assert max(iou(e, b) for b in found) > 0.6
+
+
+def test_threads_get_their_own_interpreter_and_the_same_answers():
+    rgb = demo_photo("grace_hopper.jpg")
+    ref = blazeface.face_boxes(rgb, MIN_FACE)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = [blazeface.face_boxes(rgb, MIN_FACE) for _ in range(3)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == [ref] * 3 for r in results)
+
+
+def test_clear_errors_without_the_model_or_the_runtime(monkeypatch, tmp_path):
+    rgb = demo_photo("grace_hopper.jpg")
+    monkeypatch.setenv(blazeface.MODEL_ENV, str(tmp_path / "missing.tflite"))
+    with pytest.raises(RuntimeError, match="BlazeFace model not found at .*missing.tflite"):
+        in_thread(lambda: blazeface.face_boxes(rgb, MIN_FACE))
+    monkeypatch.delenv(blazeface.MODEL_ENV)
+    monkeypatch.setitem(__import__("sys").modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(RuntimeError, match="pip install ai-edge-litert"):
+        in_thread(lambda: blazeface.face_boxes(rgb, MIN_FACE))
+    assert blazeface.model_path() == blazeface.MODEL and blazeface.MODEL.is_file()
