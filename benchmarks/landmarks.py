@@ -45,13 +45,6 @@ def nme(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 def landmark_box(points: np.ndarray) -> tuple[float, float, float, float]:
     return (*points.min(0), *points.max(0))
 
@@ -96,7 +89,7 @@ def evaluate(data, upsample: int, stages_alone: bool) -> None:
         if found is None:
             missing += 1
             continue
-        box = max(found.boxes, key=lambda b: iou(b, landmark_box(gt)))
+        box = max(found.boxes, key=lambda b: detect.box_iou(b, landmark_box(gt)))
         marked = largest if box == found.boxes[0] else detect.predict_in_box(rgb, box)
         st = per_stage.setdefault(found.stage, {"largest": [], "annotated": []})
         for sel, pts in (("largest", largest), ("annotated", marked)):
@@ -130,7 +123,7 @@ def evaluate(data, upsample: int, stages_alone: bool) -> None:
                     errs = None
                     break
                 if boxes:
-                    b = detect.to_hog_frame(max(boxes, key=lambda b: iou(b, landmark_box(gt))), stage)
+                    b = detect.to_hog_frame(max(boxes, key=lambda b: detect.box_iou(b, landmark_box(gt))), stage)
                     errs.append(nme(detect.predict_in_box(rgb, b), gt))
             if errs is None:
                 print(f"| {stage:38s} | not available in this OpenCV build")
@@ -174,7 +167,7 @@ def calibrate(data, stages: list[str]) -> None:
         lb = landmark_box(gt)
         hogs = detect.hog_boxes(rgb, 0)
         for hb in hogs:
-            if iou(hb, lb) > 0.4:
+            if detect.box_iou(hb, lb) > 0.4:
                 w = hb[2] - hb[0]
                 to_landmarks.append([(lb[0] + lb[2] - hb[0] - hb[2]) / 2 / w, (lb[1] + lb[3] - hb[1] - hb[3]) / 2 / w,
                                      (lb[2] - lb[0]) / w, (lb[3] - lb[1]) / w])
@@ -184,8 +177,8 @@ def calibrate(data, stages: list[str]) -> None:
                 pairs[stage] = None
                 continue
             for hb in hogs:
-                best = max(boxes, key=lambda b: iou(hb, b), default=None)
-                if best is not None and iou(hb, best) > 0.4:
+                best = max(boxes, key=lambda b: detect.box_iou(hb, b), default=None)
+                if best is not None and detect.box_iou(hb, best) > 0.4:
                     w = best[2] - best[0]
                     pairs[stage].append([(hb[0] + hb[2] - best[0] - best[2]) / 2 / w,
                                          (hb[1] + hb[3] - best[1] - best[3]) / 2 / w, (hb[2] - hb[0]) / w])

@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .detect import Box, from_copy
+
 INPUT = 192  # the network's input side
 GRID = 48  # anchors per side, one per 4x4 input pixels
 MIN_BOX = 20.0  # face box side (input px) the search scales the smallest accepted face to
@@ -41,7 +43,8 @@ def model_path() -> Path:
     return Path(os.environ.get(MODEL_ENV) or MODEL)
 
 
-def _interpreter() -> object:
+def _interpreter() -> tuple[object, int, int, int]:
+    """(this thread's interpreter, its input, regressor and classifier tensor indices)."""
     if not hasattr(_per_thread, "blazeface"):
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -53,7 +56,8 @@ def _interpreter() -> object:
         net = Interpreter(model_path=str(path), num_threads=1)
         with _native_stderr_silenced():
             net.allocate_tensors()  # XNNPACK (2.5x the plain kernels' speed) logs its arrival here
-        _per_thread.blazeface = net
+        outputs = tuple(o["index"] for o in net.get_output_details())  # regressors, classifiers
+        _per_thread.blazeface = (net, net.get_input_details()[0]["index"], *outputs)
     return _per_thread.blazeface
 
 
@@ -76,11 +80,9 @@ def _native_stderr_silenced() -> Iterator[None]:
 def _run(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(boxes (k, 4) x0 y0 x1 y1 in the tile's pixels, scores (k,)) for a uint8 RGB tile of at most 192x192,
     placed at the input's top-left corner (the rest is mid-grey)."""
-    net = _interpreter()
+    net, inp, regressors, classifiers = _interpreter()
     x = np.zeros((1, INPUT, INPUT, 3), np.float32)
     x[0, :tile.shape[0], :tile.shape[1]] = tile / 127.5 - 1.0
-    inp = net.get_input_details()[0]["index"]
-    regressors, classifiers = (o["index"] for o in net.get_output_details())
     net.set_tensor(inp, x)
     net.invoke()
     raw = net.get_tensor(regressors)[0]  # (2304, 16): centre offset, size, 6 keypoints; input px
@@ -110,7 +112,7 @@ def _tile_starts(size: int) -> list[int]:
     return [round(i * (size - INPUT) / (n - 1)) for i in range(n)]
 
 
-def face_boxes(rgb: np.ndarray, min_face_box: float) -> list[tuple[tuple[float, float, float, float], float]]:
+def face_boxes(rgb: np.ndarray, min_face_box: float) -> list[tuple[Box, float]]:
     """(box in `rgb`'s pixels, score) of every face BlazeFace finds at `levels`, overlapping ones merged.
 
     `min_face_box`: the box side (in `rgb`'s pixels, HOG framing) of the smallest face the caller accepts.
@@ -132,11 +134,8 @@ def face_boxes(rgb: np.ndarray, min_face_box: float) -> list[tuple[tuple[float, 
                 inner = ((found[:, 0] < 1) & (x0 > 0)) | ((found[:, 1] < 1) & (y0 > 0)) | \
                         ((found[:, 2] > INPUT - 1) & (x0 + INPUT < size[0])) | \
                         ((found[:, 3] > INPUT - 1) & (y0 + INPUT < size[1]))
-                for b, sc in zip(found[~inner], score[~inner]):
-                    # pixel centres map as x_copy = s * x + (s - 1) / 2
-                    boxes.append(((b[0] + x0 - (sx - 1) / 2) / sx, (b[1] + y0 - (sy - 1) / 2) / sy,
-                                  (b[2] + x0 - (sx - 1) / 2) / sx, (b[3] + y0 - (sy - 1) / 2) / sy))
-                    scores.append(float(sc))
+                boxes += [from_copy(b, sx, sy, x0, y0) for b in found[~inner]]
+                scores += [float(sc) for sc in score[~inner]]
     if not boxes:
         return []
     keep = cv2.dnn.NMSBoxes([[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes], scores, SCORE, NMS_IOU)

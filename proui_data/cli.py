@@ -108,14 +108,16 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))
     n = sum(len(v) for v in plan.splits.values())
-    photos = sum(c["photos"] for c in faces_summary(_attrs(out, storage_options)).values())
+    attrs = _attrs(out, storage_options)  # as planning left them: the run adds no root attribute
+    faces = faces_summary(attrs)
+    photos = sum(c["photos"] for c in faces.values())
     per_face = f" from {photos} photos (a row per face)" if photos else ""
     click.echo(f"{source_name}: {n} samples{per_face} in {', '.join(f'{s}={len(v)}' for s, v in plan.splits.items())};"
                f" {len(plan.todo)} shards to write, {plan.skipped} already finished")
     unassigned = plan.source.describe().get("unassigned_images")
     if unassigned:
         click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
-    skipped = skipped_lines(_attrs(out, storage_options))
+    skipped = skipped_lines(attrs)
     for line in skipped:
         click.echo(line)
     try:
@@ -125,7 +127,6 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     totals = summarize(out, storage_options)
-    faces = faces_summary(_attrs(out, storage_options))
     click.echo(f"wrote {run['samples']} samples ({run['valid']} valid) in {run['shards_written']} shards, "
                f"{run['seconds']:.1f} s, {run['samples_per_s']:.1f} samples/s; skipped {run['shards_skipped']} "
                "finished shards")
@@ -162,7 +163,7 @@ def info(store_url, as_json, storage_options):
     attrs = dict(root.attrs)
     faces = faces_summary(attrs)
     if as_json:
-        attrs.pop("face_detections", None)  # every box of every photo: the summary says what it holds
+        attrs.pop(st.DETECTIONS, None)  # every box of every photo: the summary says what it holds
         out = {"attrs": attrs, "counts": counts, "schema": schema} | ({"faces": faces} if faces else {})
         click.echo(json.dumps(out, indent=2, default=str))
         return

@@ -229,6 +229,13 @@ def to_hog_frame(box: Box, stage: str) -> Box:
     return (cx - s * w / 2, cy - s * h / 2, cx + s * w / 2, cy + s * h / 2)
 
 
+def from_copy(box: Sequence[float], sx: float, sy: float, x0: float = 0.0, y0: float = 0.0) -> Box:
+    """A box found on a copy resized by (sx, sy), at (x0, y0) of that copy (a tile's origin), in the original's
+    pixels: pixel centres map as x_copy = s * x + (s - 1) / 2."""
+    return ((box[0] + x0 - (sx - 1) / 2) / sx, (box[1] + y0 - (sy - 1) / 2) / sy,
+            (box[2] + x0 - (sx - 1) / 2) / sx, (box[3] + y0 - (sy - 1) / 2) / sy)
+
+
 def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
     """dlib HOG face boxes, largest first."""
     return _hog(rgb, upsample)[0]
@@ -259,9 +266,7 @@ def _hog_scored(rgb: np.ndarray, upsample: int = 0, scale: float | None = None,
         sx, sy = copy.shape[1] / rgb.shape[1], copy.shape[0] / rgb.shape[0]  # exact, after rounding the size
     detector, _ = _dlib_models()
     rects, scores, _ = detector.run(copy, 0 if scale is not None else upsample, threshold)
-    # pixel centres map as x_copy = s * x + (s - 1) / 2
-    return [(((r.left() - (sx - 1) / 2) / sx, (r.top() - (sy - 1) / 2) / sy,
-              (r.right() - (sx - 1) / 2) / sx, (r.bottom() - (sy - 1) / 2) / sy), float(score))
+    return [(from_copy((r.left(), r.top(), r.right(), r.bottom()), sx, sy), float(score))
             for r, score in zip(rects, scores)]
 
 
@@ -294,9 +299,7 @@ def _mmod_ranked(rgb: np.ndarray, max_side: int = MMOD_MAX_SIDE) -> tuple[list[B
     s = min(1.0, max_side / max(rgb.shape[:2]))
     small = cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else rgb
     found = _mmod()(_checked(small), 0)
-    # pixel centres map as x_small = s * x + (s - 1) / 2
-    return _ranked([tuple((v - (s - 1) / 2) / s for v in (d.rect.left(), d.rect.top(), d.rect.right(),
-                                                            d.rect.bottom())) for d in found],
+    return _ranked([from_copy((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), s, s) for d in found],
                    [d.confidence for d in found])
 
 
@@ -324,16 +327,14 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     if blazeface:
         from . import blazeface as bf
 
-        found = bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))
-        if found:
-            score_of = {to_hog_frame(b, "blazeface"): s for b, s in found}
-            boxes, confident = _rank(list(score_of.items()))
-            return Detection(boxes, "blazeface", confident, tuple(score_of[b] for b in boxes))
+        found = _scored_detection([(to_hog_frame(b, "blazeface"), s) for b, s in
+                                   bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))], "blazeface")
+        if found is not None:
+            return found
     scored = _hog_scored(rgb, upsample, scale, LOW_SCORE if recheck else 0.0)
-    score_of = {b: s for b, s in scored if s >= 0}
-    boxes, confident = _rank(list(score_of.items()))
-    if boxes:
-        return Detection(boxes, "dlib-hog", confident, tuple(score_of[b] for b in boxes))
+    found = _scored_detection([(b, s) for b, s in scored if s >= 0], "dlib-hog")
+    if found is not None:
+        return found
     if scored:  # only with recheck: every box scored under 0
         best, score = max(scored, key=lambda t: t[1])
         if confirmed(rgb, best, score):
@@ -353,7 +354,17 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     return None
 
 
-def _iou(a: Box, b: Box) -> float:
+def _scored_detection(scored: list[tuple[Box, float]], stage: str) -> Detection | None:
+    """The (box, score) pairs of a stage as a Detection, ranked by `_ranked`, scores kept; None when empty."""
+    if not scored:
+        return None
+    score_of = dict(scored)
+    boxes, confident = _rank(list(score_of.items()))
+    return Detection(boxes, stage, confident, tuple(score_of[b] for b in boxes))
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = _area(a) + _area(b) - ix * iy
@@ -378,7 +389,7 @@ def confirmed(rgb: np.ndarray, box: Box, score: float) -> bool:
     upright = cv2.warpAffine(_checked(rgb), m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     expected = tuple(v * RECHECK_SCALE for v in align.TEMPLATE_BOX)
     bar = max(0.0, score + RECHECK_GAIN)
-    return any(s >= bar and _iou(b, expected) >= RECHECK_IOU for b, s in _hog_scored(upright))
+    return any(s >= bar and box_iou(b, expected) >= RECHECK_IOU for b, s in _hog_scored(upright))
 
 
 def faces_kept(rgb: np.ndarray, found: Detection, recheck: bool = False) -> list[Box]:

@@ -6,6 +6,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .store import DETECTIONS
+
 BINS = np.linspace(0.0, 1.0, 11)
 
 
@@ -42,7 +44,7 @@ def faces_summary(attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per split of a `detect.faces = "all"` store (empty for others): photos searched, faces found, faces per
     photo, and how many photos hold 0, 1, 2, 3+ faces (a photo that did not decode counts as 0)."""
     out = {}
-    for split, photos in (attrs.get("face_detections") or {}).items():
+    for split, photos in (attrs.get(DETECTIONS) or {}).items():
         n = [len(e["boxes"]) if e else 0 for e in photos.values()]
         hist = np.bincount(np.minimum(n, 3), minlength=4) if n else np.zeros(4, int)
         out[split] = {"photos": len(n), "faces": int(sum(n)), "faces_per_photo": sum(n) / len(n) if n else 0.0,

@@ -71,14 +71,18 @@ def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
 
 
 def detect_scale(recipe: Recipe, s: float) -> float | None:
-    """The scale HOG searches at on a decoded image (decoded px per source px `s`); None: at `upsample` levels."""
+    """The scale HOG searches at on a decoded image (decoded px per source px `s`; BlazeFace derives its own
+    from it, `detect.detect`); None: at `upsample` levels."""
     det = recipe.detect
     return search_scale(det.min_eye_distance * s) if det.search in ("min-face", "blazeface") else None
 
 
-def blazeface_first(recipe: Recipe) -> bool:
-    """Whether the search starts with BlazeFace (`detect.search = "blazeface"`), HOG only where it finds nothing."""
-    return recipe.detect.search == "blazeface"
+def search_options(recipe: Recipe) -> dict[str, Any]:
+    """The detector chain's options that a recipe sets, as keywords of `detect.detect` / `locate_face(s)` (all but
+    the per-image HOG `scale`, `detect_scale`)."""
+    det = recipe.detect
+    return {"upsample": det.upsample, "fallback": det.fallback, "recheck": bool(det.recheck),
+            "blazeface": det.search == "blazeface"}
 
 
 def all_faces(recipe: Recipe) -> bool:
@@ -125,9 +129,8 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
     if item.face_stage == NO_FACE:
         raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
-        located = locate_face(rgb, det.upsample, prior_box=prior_box(source, recipe, s), backend=backend,
-                              fallback=det.fallback, scale=detect_scale(recipe, s), recheck=bool(det.recheck),
-                              blazeface=blazeface_first(recipe))
+        located = locate_face(rgb, prior_box=prior_box(source, recipe, s), backend=backend,
+                              scale=detect_scale(recipe, s), **search_options(recipe))
     if isinstance(located, NoFace):
         raise located
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
@@ -267,9 +270,8 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
     if not images:
         return {}
     try:
-        found = locate_faces(images, recipe.detect.upsample, boxes, given, backend=landmark_backend(recipe),
-                             fallback=recipe.detect.fallback, scales=scales, recheck=bool(recipe.detect.recheck),
-                             blazeface=blazeface_first(recipe))
+        found = locate_faces(images, prior_boxes=boxes, given_boxes=given, backend=landmark_backend(recipe),
+                             scales=scales, **search_options(recipe))
     except NoFace as e:  # one faceless image raises rather than returning its NoFace
         found = [e]
     return dict(zip(want, found))
@@ -286,11 +288,10 @@ def faces_in(rgb: np.ndarray, s: float, source: Source, recipe: Recipe) -> tuple
     """(every face box the detector chain finds and keeps, `detect.faces_kept`, largest first; the stage that
     found them); the source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo
     without a face."""
-    det = recipe.detect
-    found = detect(rgb, det.upsample, det.fallback, detect_scale(recipe, s), bool(det.recheck),
-                   blazeface_first(recipe))
+    options = search_options(recipe)
+    found = detect(rgb, scale=detect_scale(recipe, s), **options)
     if found is not None:
-        return faces_kept(rgb, found, bool(det.recheck)), found.stage
+        return faces_kept(rgb, found, options["recheck"]), found.stage
     box = prior_box(source, recipe, s)
     return ([box], "prior-box") if box is not None else ([], NO_FACE)
 
@@ -418,8 +419,7 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
             root = None
     detections = None
     if all_faces(recipe):
-        root = detection_store(root, url, recipe, source, overwrite, storage_options)
-        recorded = recorded_detections(root, recipe, source)
+        root, recorded = detection_store(root, url, recipe, source, overwrite, storage_options)
         threads = default_detect_threads() if detect_threads is None else detect_threads
         detections = {}
 
@@ -486,24 +486,20 @@ def same_build_kind(root: Any, recipe: Recipe, source: Source) -> bool:
 
 
 def detection_store(root: Any, url: str, recipe: Recipe, source: Source, overwrite: bool,
-                    storage_options: dict | None) -> Any:
-    """The store a detection pass records into as it goes: the existing one (`root`, None when there is none or
-    `overwrite`) or a new one, stamped with the recipe and source so that a killed pass resumes from it. A
-    store built with another recipe or source is refused now, not after the pass."""
+                    storage_options: dict | None) -> tuple[Any, dict[str, dict[str, PhotoFaces]]]:
+    """(the store a detection pass records into as it goes, what it already records): the existing one (`root`,
+    None when there is none or `overwrite`) with its recorded pass, so that a resumed build expands to exactly
+    the rows it started with without detecting again; or a new one, stamped with the recipe and source, with
+    none. A store built with another recipe or source is refused now, not after the pass."""
     if root is None:
         root = store.open_root(url, mode="w" if overwrite else "a", storage_options=storage_options)
-    elif root.attrs.get("fingerprint") is not None and not same_build_kind(root, recipe, source):
-        raise StoreMismatch(f"{url} holds a build of a different recipe or source (fingerprint "
-                            f"{root.attrs['fingerprint']}); use --overwrite to start again or choose another --out")
-    if not same_build_kind(root, recipe, source):  # new, or a detection pass of another recipe that never built
+    if not same_build_kind(root, recipe, source):
+        if root.attrs.get("fingerprint") is not None:
+            raise StoreMismatch(f"{url} holds a build of a different recipe or source (fingerprint "
+                                f"{root.attrs['fingerprint']}); use --overwrite to start again or choose another --out")
+        # new, or a detection pass of another recipe that never built: nothing of it applies
         root.attrs.update({"recipe": recipe.to_dict(), "source": source.describe(), DETECTIONS: {}})
-    return root
-
-
-def recorded_detections(root: Any, recipe: Recipe, source: Source) -> dict[str, dict[str, PhotoFaces]]:
-    """The detection pass a store records, when it was made with this recipe from this source (else {}):
-    a resumed build expands to exactly the rows it started with, without detecting again."""
-    return dict(root.attrs.get(DETECTIONS) or {}) if same_build_kind(root, recipe, source) else {}
+    return root, dict(root.attrs.get(DETECTIONS) or {})
 
 
 def shard_items(plan: Plan, s: str, k: int) -> list[Item]:

@@ -15,10 +15,6 @@ from fixtures import demo_photo
 MIN_FACE = detect.HOG_BOX_PER_EYE * 20.6  # the folder recipe's smallest face: eyes 20.6 px apart
 
 
-def iou(a, b) -> float:
-    return detect._iou(tuple(a), tuple(b))
-
-
 def in_thread(fn):
     """fn() on a fresh thread (its own interpreter cache); returns its result or raises its exception."""
     out = {}
@@ -42,7 +38,7 @@ def test_finds_the_demo_faces_where_hog_does_and_not_the_badge():
         found = blazeface.face_boxes(rgb, MIN_FACE)
         assert len(found) == 1 and found[0][1] > 0.8  # one face: the astronaut's badge is not one
         hog = detect.hog_boxes(rgb)[0]
-        assert iou(detect.to_hog_frame(found[0][0], "blazeface"), hog) > 0.7  # calibrated onto HOG's framing
+        assert detect.box_iou(detect.to_hog_frame(found[0][0], "blazeface"), hog) > 0.7  # calibrated onto HOG's framing
         hit = detect.detect(rgb, 0, False, detect.search_scale(20.6), blazeface=True)
         assert hit.stage == "blazeface" and len(hit.boxes) == 1 and hit.scores[0] == found[0][1]
     for blank in (np.full((300, 400, 3), 90, np.uint8), np.random.default_rng(0).integers(0, 256, (400, 400, 3),
@@ -89,7 +85,7 @@ def test_small_faces_in_a_large_photo_are_found_once_across_tiles():
     found = [detect.to_hog_frame(b, "blazeface") for b, _ in blazeface.face_boxes(canvas, MIN_FACE)]
     assert len(found) == 3
     for e in expected:
-        assert max(iou(e, b) for b in found) > 0.6
+        assert max(detect.box_iou(e, b) for b in found) > 0.6
 
 
 def test_threads_get_their_own_interpreter_and_the_same_answers():
