@@ -256,7 +256,8 @@ def ceiling(source: Source, recipe, items: list[Item], procs: int) -> tuple[floa
 # stage -> (module, function): the names the build calls them by
 # stage -> the functions it times, as (module, name) where callers look them up (the pipeline imports `detect` by
 # name for a faces = "all" build's detection pass; the predictor inside the recheck counts as landmarks)
-STAGES = {"decode": [(pipeline, "decode_image")], "detect": [(detect, "detect"), (pipeline, "detect")],
+STAGES = {"decode": [(pipeline, "decode_image")],
+          "detect": [(detect, "detect"), (pipeline, "detect"), (pipeline, "blazeface_faces")],
           "landmarks": [(detect, "predict_in_box")], "align": [(align, "warp_to_template")],
           "degrade": [(pipeline, "degrade")], "priors": [(pipeline, "add_priors")],
           "occlusion": [(pipeline, "occlude_sample")], "compress/write": [(store, "write_shard")]}
@@ -344,7 +345,7 @@ def wild_builds(folder: str, floors: list[float]) -> None:
     print_stages(rows, "photo")
     a, b = list(rows.values())[:2]
     print(f"new / old: {b[0] / a[0]:.2f}x photos/s, {a[1] / b[1]:.2f}x less CPU per photo (stages: CPU-ms per photo); "
-          f"at end: {load()}")
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; at end: {load()}")
 
 
 def celeba_stages(root: str, n: int) -> None:

@@ -18,6 +18,7 @@ frame FAN crops (fan.HOG_TO_LANDMARK_BOX); medians over faces both detectors fou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -28,9 +29,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from proui_data import blazeface, detect  # noqa: E402
+from proui_data import blazeface, detect, pipeline  # noqa: E402
 from proui_data.decode import decode_image  # noqa: E402
-from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE  # noqa: E402
+from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE, load_recipe  # noqa: E402
 from proui_data.sources.helen import read_pts  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,6 +55,11 @@ def load(split_dir: Path, limit: int | None) -> list[tuple[str, np.ndarray, np.n
     if not files:
         sys.exit(f"no Helen images in {split_dir} (set --root)")
     return [(f.name, np.asarray(Image.open(f).convert("RGB")), read_pts(f.with_suffix(".pts"))) for f in files]
+
+
+def load_bytes(split_dir: Path, limit: int | None) -> list[bytes]:
+    """The photos of `load`, as their files' bytes (what a build's BlazeFace search starts from)."""
+    return [f.read_bytes() for f in sorted(split_dir.glob("*.jpg"))[:limit]]
 
 
 def summarize(errors: list[float], n: int) -> dict:
@@ -151,19 +157,25 @@ def fan_row(items, data) -> str:
     return row(f"face-alignment on chain boxes ({lm.device})", summarize(errs, len(data)), f"{len(items) / dt:.1f}")
 
 
-def blazeface_boxes(rgb: np.ndarray) -> list:
-    """BlazeFace's raw boxes as the folder recipe searches (faces down to its 20.6-px eyes)."""
-    return [b for b, _ in blazeface.face_boxes(rgb, detect.HOG_BOX_PER_EYE * DEFAULT_MIN_EYE_DISTANCE)]
+def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
+    """BlazeFace's raw boxes (its own framing) in `rgb`'s pixels, searched as the folder recipe searches: on the
+    photo's bytes decoded reduced (`pipeline.search_photo`), for faces down to its 20.6-px eyes."""
+    recipe = load_recipe(None, "folder")
+    small = decode_image(data, reduce=pipeline.search_reduction(recipe), min_side=blazeface.INPUT)
+    k = small.scale / small.full_scale
+    scale = pipeline.detect_scale(recipe, small.scale)
+    return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, detect.HOG_MIN_BOX / scale)]
 
 
-CALIBRATED = {"dlib-mmod": detect.mmod_boxes, "opencv-haar": detect.haar_boxes, "blazeface": blazeface_boxes}
+CALIBRATED = {"dlib-mmod": lambda rgb, data: detect.mmod_boxes(rgb),
+              "opencv-haar": lambda rgb, data: detect.haar_boxes(rgb), "blazeface": blazeface_boxes}
 
 
-def calibrate(data, stages: list[str]) -> None:
+def calibrate(data, photos: list[bytes], stages: list[str]) -> None:
     """Median box maps between detectors on faces both found (trainset)."""
     pairs: dict[str, list] = {stage: [] for stage in stages}
     to_landmarks = []
-    for _, rgb, gt in data:
+    for (_, rgb, gt), photo in zip(data, photos):
         lb = landmark_box(gt)
         hogs = detect.hog_boxes(rgb, 0)
         for hb in hogs:
@@ -172,7 +184,7 @@ def calibrate(data, stages: list[str]) -> None:
                 to_landmarks.append([(lb[0] + lb[2] - hb[0] - hb[2]) / 2 / w, (lb[1] + lb[3] - hb[1] - hb[3]) / 2 / w,
                                      (lb[2] - lb[0]) / w, (lb[3] - lb[1]) / w])
         for stage in stages:
-            boxes = CALIBRATED[stage](rgb) if pairs[stage] is not None else None
+            boxes = CALIBRATED[stage](rgb, photo) if pairs[stage] is not None else None
             if boxes is None:
                 pairs[stage] = None
                 continue
@@ -196,6 +208,35 @@ def calibrate(data, stages: list[str]) -> None:
           f"width x{np.median(a[:, 2]):.4f} height x{np.median(a[:, 3]):.4f} (HOG box widths)")
 
 
+def min_box_recall(data, sizes=(16, 20, 24, 28)) -> None:
+    """BlazeFace's recall by face size, what `blazeface.MIN_BOX` (the size its search scales the smallest accepted
+    face to) is chosen by: each Helen trainset face HOG finds (IoU > 0.4 with the annotation's box) is scaled so
+    that its box in BlazeFace's framing is `size` px and searched in one 192-px input around it, in the photo's
+    context; found: a box with IoU > 0.4 with the face's, both in HOG framing."""
+    import cv2
+
+    k, half = detect.BOX_TO_HOG["blazeface"][2], blazeface.INPUT // 2
+    hits, n = dict.fromkeys(sizes, 0), 0
+    for _, rgb, gt in data:
+        lb = landmark_box(gt)
+        face = max(detect.hog_boxes(rgb), key=lambda b: detect.box_iou(b, lb), default=None)
+        if face is None or detect.box_iou(face, lb) <= 0.4:
+            continue
+        n += 1
+        for size in sizes:
+            s = size * k / (face[2] - face[0])
+            copy = cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+            box = detect.to_copy(face, s)
+            x0 = int(np.clip((box[0] + box[2]) / 2 - half, 0, max(0, copy.shape[1] - 2 * half)))
+            y0 = int(np.clip((box[1] + box[3]) / 2 - half, 0, max(0, copy.shape[0] - 2 * half)))
+            found, _ = blazeface._run(copy[y0:y0 + 2 * half, x0:x0 + 2 * half])
+            hits[size] += any(detect.box_iou(detect.to_hog_frame(tuple(b + [x0, y0, x0, y0]), "blazeface"), box) > 0.4
+                              for b in found)
+    print(f"Helen trainset, {n} faces HOG finds: BlazeFace finds a face whose box is ... input px")
+    print("| box (px) | " + " | ".join(str(v) for v in sizes) + " |\n|---|" + "---:|" * len(sizes))
+    print("| found | " + " | ".join(f"{100 * hits[v] / max(n, 1):.0f} %" for v in sizes) + " |")
+
+
 # (name, HOG upsample, min-face search, fallback chain, min eye distance, recheck, BlazeFace first): the searches
 SEARCHES = [
     ("old: folder recipe (upsample 1, fallback)", 1, False, True, 8.0, False, False),
@@ -212,24 +253,47 @@ def eye_distance(points: np.ndarray) -> float:
     return float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))
 
 
-def run_search(images: list[np.ndarray], upsample: int, min_face: bool, fallback: bool, min_eye: float,
-               recheck: bool, blazeface: bool):
-    """(largest accepted face's 68 points or None per image, CPU s, wall s): detection + predictor, as a build."""
+def folder_recipe(upsample: int, min_face: bool, fallback: bool, min_eye: float, recheck: bool, blazeface: bool):
+    """The folder recipe with a search of SEARCHES."""
+    r = load_recipe(None, "folder")
+    search = "blazeface" if blazeface else "min-face" if min_face else None
+    return r.replace(detect=dataclasses.replace(r.detect, upsample=upsample, search=search, fallback=fallback,
+                                                min_eye_distance=min_eye, recheck=recheck or None))
+
+
+def search(rgb: np.ndarray, data: bytes, upsample: int, min_face: bool, fallback: bool, min_eye: float,
+           recheck: bool, blazeface: bool, kept: bool = False):
+    """(the Detection of the largest-face choice, or None; with `kept` also the faces a faces = "all" build keeps)
+    in `rgb`'s pixels, searched as a build searches: the BlazeFace search from the photo's bytes (decoded reduced,
+    `pipeline.search_photo`: its decoding counts), the others on the decoded photo."""
+    if blazeface:
+        found, faces, _ = pipeline.search_photo(data, folder_recipe(upsample, min_face, fallback, min_eye, recheck,
+                                                                    blazeface))
+        return (found, faces) if kept else found
     scale = detect.search_scale(min_eye) if min_face else None
+    found = detect.detect(rgb, upsample, fallback, scale, recheck, blazeface)
+    if not kept:
+        return found
+    return found, detect.faces_kept(rgb, found, recheck) if found else []
+
+
+def run_search(images: list[np.ndarray], photos: list[bytes], *options):
+    """(largest accepted face's 68 points or None per image, CPU s, wall s): detection + predictor, as a build."""
+    min_eye = options[3]
     out, cpu, wall = [], time.process_time(), time.perf_counter()
-    for rgb in images:
-        found = detect.detect(rgb, upsample, fallback, scale, recheck, blazeface)
+    for rgb, data in zip(images, photos):
+        found = search(rgb, data, *options)
         pts = detect.predict_in_box(rgb, found.boxes[0]) if found else None
         out.append(pts if pts is not None and eye_distance(pts) >= min_eye else None)
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def compare(helen, wild: list[np.ndarray]) -> None:
+def compare(helen, helen_bytes: list[bytes], wild: list[np.ndarray], wild_bytes: list[bytes]) -> None:
     """Old vs new detection side by side: speed, Helen NME and detection, wild photos with an accepted face."""
     # load every model before timing (MMOD too: the fallback chain loads it on its first miss)
     detect.predict_in_box(wild[0], (0, 0, 80, 80))
     detect.mmod_boxes(wild[0])
-    blazeface_boxes(wild[0])
+    pipeline.search_photo(wild_bytes[0], load_recipe(None, "folder"))  # this thread's interpreters
     print(f"Helen test {len(helen)} photos, wild {len(wild)} photos; one core (OMP_NUM_THREADS=1); "
           f"load average {os.getloadavg()[0]:.2f} at start; new min eye distance {DEFAULT_MIN_EYE_DISTANCE} px "
           f"(search scale {detect.search_scale(DEFAULT_MIN_EYE_DISTANCE):.2f})")
@@ -237,27 +301,26 @@ def compare(helen, wild: list[np.ndarray]) -> None:
           " wild photos/s | wild CPU-ms/photo | wild photos with a face |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, *search in SEARCHES:
-        pts, cpu_h, wall_h = run_search([rgb for _, rgb, _ in helen], *search)
+        pts, cpu_h, wall_h = run_search([rgb for _, rgb, _ in helen], helen_bytes, *search)
         s = summarize([nme(p, gt) for p, (_, _, gt) in zip(pts, helen) if p is not None], len(helen))
-        found, cpu_w, wall_w = run_search(wild, *search)
+        found, cpu_w, wall_w = run_search(wild, wild_bytes, *search)
         n_w = sum(p is not None for p in found)
         print(f"| {name} | {len(helen) / wall_h:.1f} | {1000 * cpu_h / len(helen):.1f} | "
               f"{s['detected']}/{s['n']} ({100 * s['rate']:.1f} %) | {s['nme']:.4f} / {s['median']:.4f} | "
               f"{len(wild) / wall_w:.1f} | {1000 * cpu_w / len(wild):.1f} | {n_w}/{len(wild)} |", flush=True)
 
 
-def faces_found(helen, upsample: int, min_face: bool, fallback: bool, min_eye: float,
-                recheck: bool, blazeface: bool) -> dict[str, list[float]]:
+def faces_found(helen, helen_bytes: list[bytes], *options) -> dict[str, list[float]]:
     """Per photo, the best NME against the annotation among the accepted faces (eyes >= min_eye) a build keeps
     under detect.faces = "largest" (the first box) and "all" (`detect.faces_kept`); inf when none; also "faces":
     accepted faces per photo under "all"; "cpu": CPU s per photo of the "all" search with its predictions."""
-    scale = detect.search_scale(min_eye) if min_face else None
+    min_eye = options[3]
     out: dict[str, list[float]] = {"largest": [], "all": [], "faces": [], "cpu": []}
-    for _, rgb, gt in helen:
+    for (_, rgb, gt), data in zip(helen, helen_bytes):
         cpu = time.process_time()
-        found = detect.detect(rgb, upsample, fallback, scale, recheck, blazeface)
+        found, kept = search(rgb, data, *options, kept=True)
         errors = {}
-        for box in detect.faces_kept(rgb, found, recheck) if found else []:
+        for box in kept:
             pts = detect.predict_in_box(rgb, box)
             errors[box] = nme(pts, gt) if eye_distance(pts) >= min_eye else np.inf
         out["cpu"].append(time.process_time() - cpu)
@@ -268,7 +331,7 @@ def faces_found(helen, upsample: int, min_face: bool, fallback: bool, min_eye: f
     return out
 
 
-def faces(helen) -> None:
+def faces(helen, helen_bytes: list[bytes]) -> None:
     """detect.faces = "largest" vs "all": photos whose annotated face is among the faces a build keeps."""
     n = len(helen)
     print(f"Helen test {n} photos: the annotated face is among the faces a build keeps (an accepted face whose 68 "
@@ -277,7 +340,7 @@ def faces(helen) -> None:
           " CPU-ms/photo (all) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, *search in SEARCHES:
-        r = faces_found(helen, *search)
+        r = faces_found(helen, helen_bytes, *search)
         cells = []
         for bound in (DETECTED_NME, 0.1):
             for sel in ("largest", "all"):
@@ -287,8 +350,9 @@ def faces(helen) -> None:
               flush=True)
 
 
-def load_wild(folder: Path) -> list[np.ndarray]:
-    return [decode_image(f.read_bytes()).rgb for f in sorted(folder.iterdir()) if f.is_file()]
+def load_wild(folder: Path, limit: int | None) -> tuple[list[np.ndarray], list[bytes]]:
+    photos = [f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()][:limit]
+    return [decode_image(data).rgb for data in photos], photos
 
 
 def main() -> None:
@@ -302,13 +366,18 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="old vs new face search on Helen test and --wild")
     ap.add_argument("--wild", type=Path, default=WILD, help="folder of unannotated photos for --compare")
     ap.add_argument("--faces", action="store_true", help="detect.faces largest vs all: annotated face found, Helen test")
+    ap.add_argument("--min-box", action="store_true", help="BlazeFace's recall by face size on trainset (MIN_BOX)")
     args = ap.parse_args()
-    if args.faces:
-        faces(load(args.root / "testset", args.limit))
+    if args.min_box:
+        min_box_recall(load(args.root / "trainset", args.limit))
+    elif args.faces:
+        faces(load(args.root / "testset", args.limit), load_bytes(args.root / "testset", args.limit))
     elif args.compare:
-        compare(load(args.root / "testset", args.limit), load_wild(args.wild)[: args.limit])
+        compare(load(args.root / "testset", args.limit), load_bytes(args.root / "testset", args.limit),
+                *load_wild(args.wild, args.limit))
     elif args.calibrate:
-        calibrate(load(args.root / "trainset", args.limit), args.calibrate_stages.split(","))
+        calibrate(load(args.root / "trainset", args.limit), load_bytes(args.root / "trainset", args.limit),
+                  args.calibrate_stages.split(","))
     else:
         evaluate(load(args.root / "testset", args.limit), args.upsample, args.stages_alone)
 

@@ -8,6 +8,7 @@ source-image pixels (in EXIF-corrected orientation) to HR pixels.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +33,11 @@ class Decoded:
     rgb: np.ndarray  # (H, W, 3) uint8
     scale: float  # decoded pixels per source pixel (1.0 unless the image was reduced)
     source_size: tuple[int, int]  # (width, height) of the source after EXIF orientation
+    full_scale: float = 0.0  # the scale a full decode has: `scale` unless decoded reduced (`decode_image`'s `reduce`)
+
+    @property
+    def reduced(self) -> bool:
+        return self.scale < self.full_scale
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -53,8 +59,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE) -> Decoded:
-    """Decode image bytes into RGB uint8 (see module docstring). Raises `DecodeError`."""
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
+                 reduce: float = 1.0, min_side: int = 0) -> Decoded:
+    """Decode image bytes into RGB uint8 (see module docstring). Raises `DecodeError`.
+
+    `reduce` < 1: a JPEG that a full decode does not reduce (to `max_side`) is decoded at the largest DCT scaling
+    (1/2, 1/4, 1/8) that keeps at least `reduce` of its size and a long side of at least `min_side` px, for a
+    search that only needs that much (a fraction of the cost); `full_scale` then says what a full decode gives.
+    """
     if not data:
         raise DecodeError("empty_file")
     try:
@@ -64,9 +76,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
             w, h = img.size
             if w * h > max_pixels:
                 raise DecodeError("too_large", f"{w}x{h} exceeds {max_pixels} pixels")
-            if max(w, h) > max_side and img.format == "JPEG":
+            full_scale = 1.0 if max(w, h) <= max_side else 0.0  # 0: a full decode is this one, reduced to max_side
+            if not full_scale and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a huge photo then costs a fraction.
                 img.draft("RGB", (max_side, max_side))
+            elif full_scale and img.format == "JPEG" and (keep := max(reduce, min_side / max(w, h))) < 1:
+                img.draft("RGB", (math.ceil(w * keep), math.ceil(h * keep)))  # libjpeg keeps at least this size
             img.load()
             loaded_size = img.size
             img = ImageOps.exif_transpose(img)
@@ -90,4 +105,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 8:
         raise DecodeError("too_small", f"decoded shape {arr.shape}")
-    return Decoded(rgb=np.ascontiguousarray(arr), scale=arr.shape[1] / src_w, source_size=(src_w, src_h))
+    scale = arr.shape[1] / src_w
+    return Decoded(rgb=np.ascontiguousarray(arr), scale=scale, source_size=(src_w, src_h),
+                   full_scale=full_scale or scale)

@@ -30,6 +30,7 @@ thread-safe (the HOG one releases the GIL), so each thread gets its own detector
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -60,7 +61,7 @@ MMOD_MAX_SIDE = 384
 BOX_TO_HOG = {
     "dlib-mmod": (0.0451, 0.0694, 0.9871),
     "opencv-haar": (0.0063, 0.0724, 0.8905),
-    "blazeface": (-0.0050, 0.0156, 0.9178),
+    "blazeface": (-0.0037, 0.0133, 0.9207),
 }
 # dlib's frontal HOG detector scans an 80x80 window; the face box it reports is HOG_BOX_PER_EYE x the eye-centre
 # distance (median over 379 Helen-test and 190 wild faces, IQR 2.25-2.6) and reliably at least HOG_MIN_BOX px:
@@ -236,6 +237,11 @@ def from_copy(box: Sequence[float], sx: float, sy: float, x0: float = 0.0, y0: f
             (box[2] + x0 - (sx - 1) / 2) / sx, (box[3] + y0 - (sy - 1) / 2) / sy)
 
 
+def to_copy(box: Sequence[float], s: float) -> Box:
+    """A box of the original in the pixels of a copy resized by `s` (the inverse of `from_copy`)."""
+    return tuple(v * s + (s - 1) / 2 for v in box)
+
+
 def hog_boxes(rgb: np.ndarray, upsample: int = 0) -> list[Box]:
     """dlib HOG face boxes, largest first."""
     return _hog(rgb, upsample)[0]
@@ -325,10 +331,7 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     `blazeface`: BlazeFace first, for the faces down to the size `scale` stands for (HOG_MIN_BOX / scale px).
     """
     if blazeface:
-        from . import blazeface as bf
-
-        found = _scored_detection([(to_hog_frame(b, "blazeface"), s) for b, s in
-                                   bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))], "blazeface")
+        found = blazeface_faces(rgb, scale)
         if found is not None:
             return found
     scored = _hog_scored(rgb, upsample, scale, LOW_SCORE if recheck else 0.0)
@@ -352,6 +355,20 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     if boxes:
         return Detection([to_hog_frame(b, "opencv-haar") for b in boxes], "opencv-haar")
     return None
+
+
+def blazeface_faces(rgb: np.ndarray, scale: float | None) -> Detection | None:
+    """The chain's BlazeFace stage alone: faces down to the size HOG's `scale` stands for (HOG_MIN_BOX / scale
+    px), in HOG framing; None when it finds none."""
+    from . import blazeface as bf
+
+    return _scored_detection([(to_hog_frame(b, "blazeface"), s) for b, s in
+                              bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))], "blazeface")
+
+
+def rescaled(found: Detection, k: float) -> Detection:
+    """A Detection made on a copy resized by `k`, in the original's pixels."""
+    return dataclasses.replace(found, boxes=[from_copy(b, k, k) for b in found.boxes])
 
 
 def _scored_detection(scored: list[tuple[Box, float]], stage: str) -> Detection | None:

@@ -26,7 +26,9 @@ from tqdm import tqdm
 from . import align, store
 from .decode import DecodeError, decode_image
 from .degrade import degrade
-from .detect import Box, Located, NoFace, detect, faces_kept, landmark_source, locate_face, locate_faces, search_scale
+from .blazeface import INPUT as BLAZEFACE_INPUT, MIN_BOX
+from .detect import (HOG_MIN_BOX, Box, Detection, Located, NoFace, blazeface_faces, detect, faces_kept,
+                     landmark_source, locate_face, locate_faces, rescaled, search_scale)
 from .occlusion import Occlusion, OcclusionConfig, occlude
 from .priors import add_priors
 from .recipe import Recipe
@@ -150,7 +152,10 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # decode
     try:
-        decoded = decode_image(source.read(item), recipe.decode.max_pixels, recipe.decode.max_side)
+        data = source.read(item)
+        decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+        if located is None and searches_bytes(item, recipe):
+            item = with_largest_face(item, data, source, recipe)
     except DecodeError as e:
         return _reject(row, f"decode:{e.reason}")
     except OSError as e:
@@ -284,25 +289,63 @@ NO_FACE = "none"  # the stage recorded for a photo where the pass found no face
 PhotoFaces = dict[str, Any] | None
 
 
-def faces_in(rgb: np.ndarray, s: float, source: Source, recipe: Recipe) -> tuple[list[Box], str]:
-    """(every face box the detector chain finds and keeps, `detect.faces_kept`, largest first; the stage that
-    found them); the source's prior box, when the recipe takes it, if none is found; ([], NO_FACE) for a photo
-    without a face."""
+def search_reduction(recipe: Recipe) -> float:
+    """How far a photo's decode may be reduced for the recipe's face search (`decode_image`'s `reduce`): BlazeFace's
+    finest copy, where the smallest accepted face is `blazeface.MIN_BOX` px; 1 (a full decode) for HOG."""
+    if recipe.detect.search != "blazeface":
+        return 1.0
+    return MIN_BOX * search_scale(recipe.detect.min_eye_distance) / HOG_MIN_BOX
+
+
+def search_photo(data: bytes, recipe: Recipe) -> tuple[Detection | None, list[Box], float]:
+    """(what the recipe's detector chain finds in a photo's bytes, None if no face; the faces a `detect.faces =
+    "all"` build keeps of it, `detect.faces_kept`; the scale of a full decode), boxes in a full decode's pixels.
+
+    With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: half
+    the decode and resizing cost on the wild photos), and in full only when BlazeFace finds no face there (HOG
+    needs every pixel). Raises DecodeError.
+    """
     options = search_options(recipe)
-    found = detect(rgb, scale=detect_scale(recipe, s), **options)
+    decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
+                           BLAZEFACE_INPUT)
+    if decoded.reduced:
+        found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale))
+        if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)
+            found = rescaled(found, decoded.scale / decoded.full_scale)
+            return found, faces_kept(decoded.rgb, found), decoded.full_scale
+        decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+    found = detect(decoded.rgb, scale=detect_scale(recipe, decoded.scale), **options)
+    kept = faces_kept(decoded.rgb, found, options["recheck"]) if found is not None else []
+    return found, kept, decoded.scale
+
+
+def searches_bytes(item: Item, recipe: Recipe) -> bool:
+    """Whether a largest-face build finds this sample's face with `search_photo` (the BlazeFace search, which
+    decodes the photo reduced) rather than on the decoded photo."""
+    return (recipe.detect.search == "blazeface" and item.face_box is None and not item.face_stage
+            and uses_detector(item, recipe))
+
+
+def with_largest_face(item: Item, data: bytes, source: Source, recipe: Recipe) -> Item:
+    """The item with its photo's largest face box (or the source's prior box, or NO_FACE), found as the detection
+    pass of a `detect.faces = "all"` build finds it: both builds predict a photo's largest face in the same box."""
+    found, _, s = search_photo(data, recipe)
     if found is not None:
-        return faces_kept(rgb, found, options["recheck"]), found.stage
+        return dataclasses.replace(item, face_box=found.boxes[0], face_stage=found.stage)
     box = prior_box(source, recipe, s)
-    return ([box], "prior-box") if box is not None else ([], NO_FACE)
+    return dataclasses.replace(item, face_box=box, face_stage="prior-box" if box is not None else NO_FACE)
 
 
 def detect_photo(source: Source, item: Item, recipe: Recipe) -> PhotoFaces:
-    """One photo's entry of the detection pass (see DETECTIONS)."""
+    """One photo's entry of the detection pass (see DETECTIONS): the faces kept, largest first; the source's
+    prior box, when the recipe takes it, if none is found; no boxes (NO_FACE) for a photo without a face."""
     try:
-        d = decode_image(source.read(item), recipe.decode.max_pixels, recipe.decode.max_side)
+        found, boxes, s = search_photo(source.read(item), recipe)
     except (DecodeError, OSError):
         return None  # process_item decodes it again and records the reason
-    boxes, stage = faces_in(d.rgb, d.scale, source, recipe)
+    stage = found.stage if found is not None else NO_FACE
+    if found is None and (box := prior_box(source, recipe, s)) is not None:
+        boxes, stage = [box], "prior-box"
     # floats round-trip exactly through JSON: a resumed build predicts in the very same boxes
     return {"stage": stage, "boxes": [[float(v) for v in b] for b in boxes]}
 

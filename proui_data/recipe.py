@@ -77,7 +77,7 @@ class AlignRecipe:
 
 @dataclass(frozen=True)
 class StoreRecipe:
-    # samples per shard (one object per array per shard), or "auto": ~16 shards per split, 8 to 256 samples
+    # samples per shard (one object per array per shard), or "auto": ~16 shards per split, 32 to 256 samples
     # each (store.auto_layout; the size chosen is recorded per split like a fixed one)
     shard_size: int | str = 256
     chunk_size: int = 32  # samples per inner chunk (random-access granularity)

@@ -57,10 +57,31 @@ def test_levels_and_tiles():
     assert big[0] == pytest.approx(s0) and big[-1] == 192 / 5616
     for finer, coarser in zip(big, big[1:-1]):  # a face larger than the tiles' overlap is >= MIN_BOX one level up
         assert coarser == pytest.approx(finer * blazeface.MIN_BOX / blazeface.OVERLAP)
-    for size in (150, 192, 193, 500, 2275):
-        starts = blazeface._tile_starts(size)
-        assert starts[0] == 0 and starts[-1] + blazeface.INPUT >= size
-        assert all(b - a <= blazeface.INPUT - blazeface.OVERLAP for a, b in zip(starts, starts[1:]))
+    assert blazeface._tiles(300) == ([0], 300)  # one tile, the input rounded up to STEP around it
+    for size in (385, 500, 700, 2275):
+        starts, side = blazeface._tiles(size)
+        assert starts[0] == 0 and starts[-1] + side == size and side <= blazeface.MAX_SIDE
+        assert side % blazeface.STEP == 0 and len(starts) == -(-(size - blazeface.OVERLAP) //
+                                                                (blazeface.MAX_SIDE - blazeface.OVERLAP))
+        assert all(b - a <= side - blazeface.OVERLAP for a, b in zip(starts, starts[1:]))
+
+
+def test_an_input_of_any_shape_finds_what_the_native_192_input_finds():
+    """The network's upsampling sizes are rewritten for each input shape (multiples of STEP): a face in a 192x192
+    input and in wider or taller ones, moved by whole anchor cells, gets the same box and score."""
+    hopper = demo_photo("grace_hopper.jpg")
+    f = 150 / max(hopper.shape[:2])
+    face = cv2.resize(hopper, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)  # 150 px: box ~60 px
+    ref_box, ref_score = blazeface._run(face)  # padded to 192x192, the model as shipped
+    assert len(ref_score) >= 1
+    for h, w, y, x in ((192, 320, 0, 128), (256, 384, 64, 0), (384, 192, 128, 20)):
+        canvas = np.full((h, w, 3), 127, np.uint8)  # 127.5 would be the padding's exact grey
+        canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
+        box, score = blazeface._run(canvas)
+        best = np.argmax(score)
+        shifted = box[best] - [x, y, x, y]
+        assert detect.box_iou(shifted, ref_box[np.argmax(ref_score)]) > 0.95
+        assert abs(score[best] - ref_score.max()) < 0.03
 
 
 def test_small_faces_in_a_large_photo_are_found_once_across_tiles():
@@ -72,7 +93,7 @@ def test_small_faces_in_a_large_photo_are_found_once_across_tiles():
     f = 60 / (box[2] - box[0])
     small = cv2.resize(hopper, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
     s0 = blazeface.MIN_BOX / MIN_FACE
-    seam = blazeface._tile_starts(round(1600 * s0))[1] / s0  # where the second tile starts, in photo px
+    seam = blazeface._tiles(round(1600 * s0))[0][1] / s0  # where the second tile starts, in photo px
     places = [(int(seam - box[0] * f - 30), 100), (300, 700)]
     expected = []
     for x, y in places:
@@ -107,6 +128,11 @@ def test_clear_errors_without_the_model_or_the_runtime(monkeypatch, tmp_path):
     rgb = demo_photo("grace_hopper.jpg")
     monkeypatch.setenv(blazeface.MODEL_ENV, str(tmp_path / "missing.tflite"))
     with pytest.raises(RuntimeError, match="BlazeFace model not found at .*missing.tflite"):
+        in_thread(lambda: blazeface.face_boxes(rgb, MIN_FACE))
+    other = tmp_path / "other.tflite"
+    other.write_bytes(b"\0" * 4096)
+    monkeypatch.setenv(blazeface.MODEL_ENV, str(other))
+    with pytest.raises(RuntimeError, match="not the BlazeFace full-range model"):
         in_thread(lambda: blazeface.face_boxes(rgb, MIN_FACE))
     monkeypatch.delenv(blazeface.MODEL_ENV)
     monkeypatch.setitem(__import__("sys").modules, "ai_edge_litert.interpreter", None)

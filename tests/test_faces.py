@@ -166,6 +166,7 @@ def test_resume_expands_from_the_recorded_detections(tmp_path):
     for i in range(10):
         write_jpeg(d / f"{i:02d}.jpg", group_photo() if i % 3 == 0 else demo_photo("grace_hopper.jpg"))
     recipe = folder_recipe("all")
+    recipe = recipe.replace(store=dataclasses.replace(recipe.store, shard_size=8))  # two shards
     out = str(tmp_path / "f.zarr")
     plan = plan_build(get_source("folder", str(d)), recipe, out)
     assert sum(len(v) for v in plan.splits.values()) == 14 and len(plan.todo) == 2  # 4 group photos: 2 faces

@@ -208,8 +208,10 @@ def test_recipes_without_search_record_what_they_did_before():
 def test_auto_layout_depends_on_the_sample_count_only():
     from proui_data.store import AUTO_MAX, auto_layout
 
-    assert auto_layout(20, 32) == (8, 8)
-    assert auto_layout(200, 32) == (13, 13)
+    assert auto_layout(20, 32) == (32, 32)  # one shard
+    assert auto_layout(20, 64) == (32, 32)  # a chunk never exceeds its shard
+    assert auto_layout(200, 32) == (32, 32)  # 7 shards, not 16 of 13: a shard's fixed cost stays small
+    assert auto_layout(337, 32) == (32, 32)  # AFW's 337 photos: 11 shards (a fixed 256 made two)
     assert auto_layout(1000, 32) == (64, 32)
     assert auto_layout(10**6, 32) == (AUTO_MAX, 32)
     for n in (1, 20, 200, 5000):
@@ -223,16 +225,16 @@ def test_auto_shards_are_recorded_and_resume(tmp_path):
     from proui_data.runner import run_plan
 
     d = tmp_path / "photos"
-    for i in range(20):
-        _save(d / f"{i:02d}.png", np.full((64, 64, 3), 10 * i, np.uint8), "PNG")
+    for i in range(70):
+        _save(d / f"{i:02d}.png", np.full((64, 64, 3), 3 * i, np.uint8), "PNG")
     recipe = load_recipe(None, "folder")
     assert recipe.store.shard_size == "auto"
     plan = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "a.zarr"))
-    assert plan.shard_sizes == {"train": 8} and len(plan.todo) == 3
+    assert plan.shard_sizes == {"train": 32} and len(plan.todo) == 3
     run_plan(plan, workers=0, progress=False)
     g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["train"]
-    assert g.attrs["shard_size"] == 8 and g.attrs["n_shards"] == 3 and g["hr"].shards[0] == 8
-    assert list(g["key"][:]) == [f"{i:02d}.png" for i in range(20)]
+    assert g.attrs["shard_size"] == 32 and g.attrs["n_shards"] == 3 and g["hr"].shards[0] == 32
+    assert list(g["key"][:]) == [f"{i:02d}.png" for i in range(70)]
     again = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "a.zarr"))
     assert again.todo == [] and again.skipped == 3
     assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r").attrs["recipe"]["store"]["shard_size"] == "auto"
