@@ -5,7 +5,7 @@ per anchor. It was made for 192x192 inputs; it is convolutional but for three fe
 output sizes are constants of the model, so `_model_for` rewrites those constants (in memory, the shipped file is
 unchanged) and an input of any shape in multiples of STEP px gives the same boxes where it holds the same pixels
 (tests/test_blazeface.py). `face_boxes` searches a photo so that the smallest face a build accepts is MIN_BOX px
-(the network finds such faces 88 % of the time on Helen trainset, 24-px ones 96 %: benchmarks/landmarks.py
+(the network finds such faces 87 % of the time on Helen trainset, 24-px ones 95 %: benchmarks/landmarks.py
 --min-box): each level is one input the size of the scaled photo, padded to STEP (cut into tiles overlapping by
 OVERLAP beyond MAX_SIDE), coarser levels catch the larger faces, and the last is the whole photo at 192 px. On
 the wild photos that is 1.9 input areas of 192x192 per photo where 192-px tiles took 2.6 inputs. Boxes come back

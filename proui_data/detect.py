@@ -5,8 +5,8 @@ The offline default is dlib's 68-point shape predictor (iBUG 300-W scheme) with 
 each stage tried only when the ones before found nothing:
 
   blazeface      (search = "blazeface") MediaPipe's BlazeFace CNN (proui_data.blazeface), searching copies
-                 where the smallest accepted face is its minimum size: a third of the CPU of the min-face HOG
-                 search on the wild photos (10 vs 28 ms), and it finds more faces
+                 where the smallest accepted face is its minimum size: a quarter of the CPU of the min-face HOG
+                 search on the wild photos (6.5 vs 26.9 ms in a build), and it finds more faces
   dlib-hog       HOG frontal detector at the recipe's upsample level, or (search = "min-face" and after a
                  BlazeFace miss) on a copy scaled so that the smallest accepted face just fills HOG's window
                  (`search_scale`)

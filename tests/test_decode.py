@@ -106,10 +106,39 @@ def test_large_jpeg_is_reduced_and_scale_reported():
     d = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=90), max_side=2048)
     assert max(d.rgb.shape[:2]) <= 2048
     assert d.source_size == (4800, 3200)
-    assert d.scale == pytest.approx(d.rgb.shape[1] / 4800)
+    assert d.scale == pytest.approx(d.rgb.shape[1] / 4800) and d.full_scale == d.scale and not d.reduced
 
 
 def test_tiny_image_is_rejected():
     with pytest.raises(DecodeError) as e:
         decode_image(_encode(Image.new("RGB", (4, 4)), "PNG"))
     assert e.value.reason == "too_small"
+
+
+def test_reduced_jpeg_decode_for_a_search_keeps_what_it_asks_for():
+    """`reduce`: libjpeg's DCT scaling picks the smallest of 1/2, 1/4, 1/8 that keeps `reduce` of the size and a
+    long side of `min_side`; the pixels are the full decode's, reduced; `full_scale` says what a full decode has."""
+    import cv2
+
+    rgb = cv2.resize(_gradient(80, 60), (800, 600), interpolation=cv2.INTER_LINEAR)
+    data = _encode(Image.fromarray(rgb), "JPEG", quality=95)
+    full = decode_image(data)
+    assert full.scale == full.full_scale == 1.0 and not full.reduced
+    for reduce, min_side, shape in ((0.4, 192, (300, 400)), (0.1, 192, (150, 200)), (0.1, 0, (75, 100)),
+                                    (0.6, 0, (600, 800))):
+        d = decode_image(data, reduce=reduce, min_side=min_side)
+        assert d.rgb.shape[:2] == shape and d.source_size == (800, 600) and d.full_scale == 1.0
+        assert d.scale == shape[1] / 800 and d.reduced == (shape[1] < 800)
+        area = cv2.resize(full.rgb, shape[::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(d.rgb.astype(int) - area).mean() < 2.0
+    # the oriented frame, as a full decode gives it
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    d = decode_image(_encode(img, "JPEG", quality=95, exif=exif.tobytes()), reduce=0.5)
+    assert d.rgb.shape == (400, 300, 3) and d.source_size == (600, 800) and d.scale == 0.5 and d.reduced
+    # other formats, and photos a full decode already reduces to max_side, decode as without `reduce`
+    png = decode_image(_encode(Image.fromarray(rgb), "PNG"), reduce=0.2)
+    assert png.rgb.shape == (600, 800, 3) and not png.reduced
+    big = decode_image(data, max_side=500, reduce=0.2)
+    assert max(big.rgb.shape[:2]) == 500 and big.full_scale == big.scale == 500 / 800 and not big.reduced
