@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -160,7 +161,7 @@ def fan_row(items, data) -> str:
 def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
     """BlazeFace's raw boxes (its own framing) in `rgb`'s pixels, searched as the folder recipe searches: on the
     photo's bytes decoded reduced (`pipeline.search_photo`), for faces down to its 20.6-px eyes."""
-    recipe = load_recipe(None, "folder")
+    recipe = folder_recipe()
     small = decode_image(data, reduce=pipeline.search_reduction(recipe), min_side=blazeface.INPUT)
     k = small.scale / small.full_scale
     scale = pipeline.detect_scale(recipe, small.scale)
@@ -253,8 +254,10 @@ def eye_distance(points: np.ndarray) -> float:
     return float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))
 
 
-def folder_recipe(upsample: int, min_face: bool, fallback: bool, min_eye: float, recheck: bool, blazeface: bool):
-    """The folder recipe with a search of SEARCHES."""
+@functools.lru_cache(maxsize=None)
+def folder_recipe(upsample: int = 0, min_face: bool = True, fallback: bool = False,
+                  min_eye: float = DEFAULT_MIN_EYE_DISTANCE, recheck: bool = True, blazeface: bool = True):
+    """The folder recipe with a search of SEARCHES (read once: the timed searches do not read TOML)."""
     r = load_recipe(None, "folder")
     search = "blazeface" if blazeface else "min-face" if min_face else None
     return r.replace(detect=dataclasses.replace(r.detect, upsample=upsample, search=search, fallback=fallback,
@@ -293,7 +296,7 @@ def compare(helen, helen_bytes: list[bytes], wild: list[np.ndarray], wild_bytes:
     # load every model before timing (MMOD too: the fallback chain loads it on its first miss)
     detect.predict_in_box(wild[0], (0, 0, 80, 80))
     detect.mmod_boxes(wild[0])
-    pipeline.search_photo(wild_bytes[0], load_recipe(None, "folder"))  # this thread's interpreters
+    pipeline.search_photo(wild_bytes[0], folder_recipe())  # this thread's interpreters
     print(f"Helen test {len(helen)} photos, wild {len(wild)} photos; one core (OMP_NUM_THREADS=1); "
           f"load average {os.getloadavg()[0]:.2f} at start; new min eye distance {DEFAULT_MIN_EYE_DISTANCE} px "
           f"(search scale {detect.search_scale(DEFAULT_MIN_EYE_DISTANCE):.2f})")

@@ -33,7 +33,7 @@ class Decoded:
     rgb: np.ndarray  # (H, W, 3) uint8
     scale: float  # decoded pixels per source pixel (1.0 unless the image was reduced)
     source_size: tuple[int, int]  # (width, height) of the source after EXIF orientation
-    full_scale: float = 0.0  # the scale a full decode has: `scale` unless decoded reduced (`decode_image`'s `reduce`)
+    full_scale: float  # the scale a full decode has: `scale` unless decoded reduced (`decode_image`'s `reduce`)
 
     @property
     def reduced(self) -> bool:

@@ -301,9 +301,9 @@ def search_photo(data: bytes, recipe: Recipe) -> tuple[Detection | None, list[Bo
     """(what the recipe's detector chain finds in a photo's bytes, None if no face; the faces a `detect.faces =
     "all"` build keeps of it, `detect.faces_kept`; the scale of a full decode), boxes in a full decode's pixels.
 
-    With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: half
-    the decode and resizing cost on the wild photos), and in full only when BlazeFace finds no face there (HOG
-    needs every pixel). Raises DecodeError.
+    With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: 1/2 on
+    the wild photos, less than half the decoding), and in full only when BlazeFace finds no face there (HOG needs
+    every pixel). Raises DecodeError.
     """
     options = search_options(recipe)
     decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),

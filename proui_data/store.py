@@ -67,8 +67,8 @@ def create_split(
 # store.shard_size = "auto": about AUTO_SHARDS shards per split, so that a small build still gives every worker
 # several tasks (and a killed one loses little); a function of the sample count only, so a store's layout is
 # fixed by its sample list (resume, determinism), whatever the number of workers. A shard costs ~55 CPU-ms
-# beyond its rows (zarr's per-array write of the 19 arrays of a folder build): AUTO_MIN keeps that under ~7 % of
-# a shard's work (~25 ms per face), where 13-sample shards of a 200-photo folder spent 17 %.
+# beyond its rows (zarr's per-array write of the 19 arrays of a folder build): AUTO_MIN keeps that under ~10 % of
+# a shard's work (~19 ms per face), where the 13-sample shards of a 200-photo folder spent ~20 %.
 AUTO_SHARDS = 16
 AUTO_MIN, AUTO_MAX = 32, 256
 
