@@ -164,7 +164,7 @@ def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
     recipe = folder_recipe()
     small = decode_image(data, reduce=pipeline.search_reduction(recipe), min_side=blazeface.INPUT)
     k = small.scale / small.full_scale
-    scale = pipeline.detect_scale(recipe, small.scale)
+    scale = pipeline.detect_scale(recipe, small.scale / small.full_scale)
     return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, detect.HOG_MIN_BOX / scale)]
 
 

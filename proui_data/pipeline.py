@@ -72,9 +72,10 @@ def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.float64) * s
 
 
-def detect_scale(recipe: Recipe, s: float) -> float | None:
-    """The scale HOG searches at on a decoded image (decoded px per source px `s`; BlazeFace derives its own
-    from it, `detect.detect`); None: at `upsample` levels."""
+def detect_scale(recipe: Recipe, s: float = 1.0) -> float | None:
+    """The scale HOG searches at on an image of `s` px per px of the photo as decoded in full, where the floor
+    `detect.min_eye_distance` holds (BlazeFace derives its own scale from it, `detect.detect`); None: at
+    `upsample` levels."""
     det = recipe.detect
     return search_scale(det.min_eye_distance * s) if det.search in ("min-face", "blazeface") else None
 
@@ -132,7 +133,7 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
         raise NoFace("no_face")  # the build's detection pass found none: not searched again
     if located is None:
         located = locate_face(rgb, prior_box=prior_box(source, recipe, s), backend=backend,
-                              scale=detect_scale(recipe, s), **search_options(recipe))
+                              scale=detect_scale(recipe), **search_options(recipe))
     if isinstance(located, NoFace):
         raise located
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
@@ -169,8 +170,10 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
     except NoFace as e:
         return _reject(row, str(e))
 
+    # in decoded px: a photo reduced to decode.max_side gives its targets from those pixels, so the floor (a target
+    # enlarged at most 1 / MIN_TARGET_SCALE) holds there, not in the larger source
     eye_distance = float(np.linalg.norm(points5[1] - points5[0]))
-    if eye_distance < det.min_eye_distance * s:
+    if eye_distance < det.min_eye_distance:
         return _reject(row, "face_too_small")
 
     # align
@@ -271,7 +274,7 @@ def batch_locate(source: Source, items: list[Item], recipe: Recipe) -> dict[int,
         images.append(d.rgb)
         boxes.append(prior_box(source, recipe, d.scale))
         given.append(it.face_box)
-        scales.append(detect_scale(recipe, d.scale))
+        scales.append(detect_scale(recipe))
     if not images:
         return {}
     try:
@@ -309,12 +312,12 @@ def search_photo(data: bytes, recipe: Recipe) -> tuple[Detection | None, list[Bo
     decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
                            BLAZEFACE_INPUT)
     if decoded.reduced:
-        found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale))
+        found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale / decoded.full_scale))
         if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)
             found = rescaled(found, decoded.scale / decoded.full_scale)
             return found, faces_kept(decoded.rgb, found), decoded.full_scale
         decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
-    found = detect(decoded.rgb, scale=detect_scale(recipe, decoded.scale), **options)
+    found = detect(decoded.rgb, scale=detect_scale(recipe), **options)
     kept = faces_kept(decoded.rgb, found, options["recheck"]) if found is not None else []
     return found, kept, decoded.scale
 

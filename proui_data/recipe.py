@@ -33,7 +33,7 @@ class DecodeRecipe:
 # of the high-band energy of a sharp HR at 0.75 (35.0 dB, 61 % at 1.0; 28.6 dB, 37 % at 0.5): no knee, so the
 # bound trades sharpness for faces (docs/data.md#rejects).
 MIN_TARGET_SCALE = 0.75
-DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 source px
+DEFAULT_MIN_EYE_DISTANCE = round(MIN_TARGET_SCALE * TEMPLATE_EYE_DISTANCE, 1)  # 20.6 px
 SEARCHES = ("upsample", "min-face", "blazeface")
 FACES = ("largest", "all")
 
@@ -47,7 +47,8 @@ class DetectRecipe:
     upsample: int = 0  # HOG pyramid upsampling (1 finds smaller faces, ~4x slower)
     fallback: bool = True  # on a HOG miss try HOG one level up (small images), dlib MMOD, OpenCV Haar
     prior_box: bool = True  # try the source's expected face box when HOG finds nothing (aligned sources)
-    min_eye_distance: float = DEFAULT_MIN_EYE_DISTANCE  # source pixels; smaller faces are face_too_small
+    # eyes closer than this (px of the photo as decoded: its own unless over decode.max_side) are face_too_small
+    min_eye_distance: float = DEFAULT_MIN_EYE_DISTANCE
     # Where HOG searches: "upsample" (unset) the full image at `upsample` pyramid levels; "min-face" a copy
     # scaled so that a face with eyes `min_eye_distance` apart just fills HOG's window (detect.search_scale),
     # landmarks still at full resolution; "blazeface" MediaPipe's BlazeFace CNN first, on copies where that face is

@@ -166,7 +166,7 @@ def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_
     assert widths == [450] and s == 1.0  # 1/2 keeps the finest copy (0.405 of the photo): one reduced decode
     assert found.stage == "blazeface" and kept == found.boxes and len(kept) == 1
     full = real((tmp_path / "x.jpg").read_bytes())
-    ref = detect.detect(full.rgb, 0, False, pipeline.detect_scale(recipe, 1.0), blazeface=True)
+    ref = detect.detect(full.rgb, 0, False, pipeline.detect_scale(recipe), blazeface=True)
     assert detect.box_iou(found.boxes[0], ref.boxes[0]) > 0.9
     widths.clear()
     assert pipeline.search_photo((tmp_path / "blank.jpg").read_bytes(), recipe) == (None, [], 1.0)

@@ -144,6 +144,35 @@ def test_face_too_small_is_rejected_and_counted(tmp_path):
     assert zarr.open_group(str(tmp_path / "old.zarr"), mode="r")["train"]["valid"][:].all()
 
 
+def test_the_floor_holds_in_the_pixels_targets_are_cut_from(tmp_path):
+    """A photo over decode.max_side is reduced on decode and its targets are cut from that: a face with eyes 30 px
+    apart in the 1400-px photo has 15 px at max_side 700, under the 20.6-px floor, so it is face_too_small there
+    (a target from it would be enlarged 1.8x), and a valid row with the photo decoded in full."""
+    import cv2
+
+    from proui_data.pipeline import plan_build
+    from proui_data.recipe import DecodeRecipe, load_recipe
+    from proui_data.runner import run_plan
+
+    d = tmp_path / "photos"
+    face = demo_photo("astronaut.jpg")  # eyes 43.6 px apart
+    canvas = np.full((1000, 1400, 3), 120, np.uint8)
+    small = cv2.resize(face, None, fx=0.69, fy=0.69, interpolation=cv2.INTER_AREA)  # eyes ~30 px
+    canvas[300:300 + small.shape[0], 500:500 + small.shape[1]] = small
+    write_jpeg(d / "x.jpg", canvas)
+    recipe = load_recipe(None, "folder")
+    rows = {}
+    for max_side in (700, 2048):
+        r = recipe.replace(decode=DecodeRecipe(max_side=max_side))
+        out = tmp_path / f"{max_side}.zarr"
+        run_plan(plan_build(get_source("folder", str(d)), r, str(out)), workers=0, progress=False)
+        rows[max_side] = zarr.open_group(str(out), mode="r")["train"]
+    assert list(rows[700]["reject_reason"][:]) == ["face_too_small"]
+    assert list(rows[2048]["reject_reason"][:]) == [""] and rows[2048]["valid"][0]
+    m = rows[2048]["transform"][0].astype(np.float64)
+    assert 25 < 27.5 / np.sqrt(abs(np.linalg.det(m[:, :2]))) < 36  # the kept face: eyes ~30 px apart
+
+
 # --- C: the search on a scaled copy
 
 def test_search_scale_puts_the_smallest_accepted_face_at_hogs_window():
