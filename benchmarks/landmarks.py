@@ -160,9 +160,9 @@ def fan_row(items, data) -> str:
 
 def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
     """BlazeFace's raw boxes (its own framing) in `rgb`'s pixels, searched as the folder recipe searches: on the
-    photo's bytes decoded reduced (`pipeline.search_photo`), for faces down to its 20.6-px eyes."""
+    photo's bytes decoded reduced (`pipeline.search_decode`), for faces down to its 20.6-px eyes."""
     recipe = folder_recipe()
-    small = decode_image(data, reduce=pipeline.search_reduction(recipe), min_side=blazeface.INPUT)
+    small = pipeline.search_decode(data, recipe)
     k = small.scale / small.full_scale
     scale = pipeline.detect_scale(recipe, small.scale / small.full_scale)
     return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, detect.HOG_MIN_BOX / scale)]

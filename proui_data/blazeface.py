@@ -114,7 +114,8 @@ def _anchors(height: int, width: int) -> np.ndarray:
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
     """LiteRT's C++ core writes an INFO line to file descriptor 2 when it loads XNNPACK: keep it out of the
-    command-line output (once per thread; other threads' stderr waits on the lock or is dropped for that moment)."""
+    command-line output (once per interpreter made; other threads' stderr waits on the lock or is dropped for that
+    moment)."""
     with _stderr_lock:
         sys.stderr.flush()
         saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

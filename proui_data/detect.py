@@ -56,8 +56,9 @@ MMOD_MAX_SIDE = 384
 # MMOD (at MMOD_MAX_SIDE): 429 faces of the first 400 photos; on photos 400-519 it lowers the predictor's NME
 # on MMOD boxes from 0.0363 (raw) to 0.0293 (HOG boxes: 0.0279). Haar: 314 faces of the first 360,
 # measured with an OpenCV 4.14 wheel (OpenCV 5 has no cascades). Both frame faces higher than HOG does.
-# BlazeFace (searched as the folder recipe does): 949 faces of Helen trainset; the predictor in its mapped boxes
-# gives NME 0.0261 on Helen test (largest face) against 0.0257 in HOG's own (benchmarks/landmarks.py --compare).
+# BlazeFace (searched as the folder recipe does, reduced decode and weighted merge): 943 faces of Helen trainset;
+# the predictor in its mapped boxes gives NME 0.0269 on Helen test (largest face) against 0.0257 in HOG's own
+# (benchmarks/landmarks.py --compare).
 BOX_TO_HOG = {
     "dlib-mmod": (0.0451, 0.0694, 0.9871),
     "opencv-haar": (0.0063, 0.0724, 0.8905),

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import align, store
-from .decode import DecodeError, decode_image
+from .decode import DecodeError, Decoded, decode_image
 from .degrade import degrade
 from .blazeface import INPUT as BLAZEFACE_INPUT, MIN_BOX
 from .detect import (HOG_MIN_BOX, Box, Detection, Located, NoFace, blazeface_faces, detect, faces_kept,
@@ -156,7 +156,7 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
         data = source.read(item)
         decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
         if located is None and searches_bytes(item, recipe):
-            item = with_largest_face(item, data, source, recipe)
+            item = with_largest_face(item, data, source, recipe, decoded)
     except DecodeError as e:
         return _reject(row, f"decode:{e.reason}")
     except OSError as e:
@@ -300,23 +300,29 @@ def search_reduction(recipe: Recipe) -> float:
     return MIN_BOX * search_scale(recipe.detect.min_eye_distance) / HOG_MIN_BOX
 
 
-def search_photo(data: bytes, recipe: Recipe) -> tuple[Detection | None, list[Box], float]:
+def search_decode(data: bytes, recipe: Recipe) -> Decoded:
+    """A photo decoded for the recipe's face search: reduced as far as `search_reduction` allows (JPEG DCT
+    scaling), the long side kept at least BlazeFace's input."""
+    return decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
+                        BLAZEFACE_INPUT)
+
+
+def search_photo(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tuple[Detection | None, list[Box], float]:
     """(what the recipe's detector chain finds in a photo's bytes, None if no face; the faces a `detect.faces =
     "all"` build keeps of it, `detect.faces_kept`; the scale of a full decode), boxes in a full decode's pixels.
 
     With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: 1/2 on
     the wild photos, less than half the decoding), and in full only when BlazeFace finds no face there (HOG needs
-    every pixel). Raises DecodeError.
+    every pixel); `full`: that full decode, when the caller has it. Raises DecodeError.
     """
     options = search_options(recipe)
-    decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
-                           BLAZEFACE_INPUT)
+    decoded = search_decode(data, recipe)
     if decoded.reduced:
         found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale / decoded.full_scale))
         if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)
             found = rescaled(found, decoded.scale / decoded.full_scale)
             return found, faces_kept(decoded.rgb, found), decoded.full_scale
-        decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+        decoded = full or decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
     found = detect(decoded.rgb, scale=detect_scale(recipe), **options)
     kept = faces_kept(decoded.rgb, found, options["recheck"]) if found is not None else []
     return found, kept, decoded.scale
@@ -329,14 +335,20 @@ def searches_bytes(item: Item, recipe: Recipe) -> bool:
             and uses_detector(item, recipe))
 
 
-def with_largest_face(item: Item, data: bytes, source: Source, recipe: Recipe) -> Item:
-    """The item with its photo's largest face box (or the source's prior box, or NO_FACE), found as the detection
-    pass of a `detect.faces = "all"` build finds it: both builds predict a photo's largest face in the same box."""
-    found, _, s = search_photo(data, recipe)
-    if found is not None:
-        return dataclasses.replace(item, face_box=found.boxes[0], face_stage=found.stage)
+def without_face(source: Source, recipe: Recipe, s: float) -> tuple[Box | None, str]:
+    """(box, stage) for a photo where the detector chain finds no face: the source's prior box, when the recipe
+    takes it, in a decode of scale `s`; else (None, NO_FACE)."""
     box = prior_box(source, recipe, s)
-    return dataclasses.replace(item, face_box=box, face_stage="prior-box" if box is not None else NO_FACE)
+    return (box, "prior-box") if box is not None else (None, NO_FACE)
+
+
+def with_largest_face(item: Item, data: bytes, source: Source, recipe: Recipe, full: Decoded | None = None) -> Item:
+    """The item with its photo's largest face box (or `without_face`'s), found as the detection pass of a
+    `detect.faces = "all"` build finds it: both builds predict a photo's largest face in the same box. `full`: the
+    photo decoded in full, when the caller has it."""
+    found, _, s = search_photo(data, recipe, full)
+    box, stage = (found.boxes[0], found.stage) if found is not None else without_face(source, recipe, s)
+    return dataclasses.replace(item, face_box=box, face_stage=stage)
 
 
 def detect_photo(source: Source, item: Item, recipe: Recipe) -> PhotoFaces:
@@ -346,9 +358,11 @@ def detect_photo(source: Source, item: Item, recipe: Recipe) -> PhotoFaces:
         found, boxes, s = search_photo(source.read(item), recipe)
     except (DecodeError, OSError):
         return None  # process_item decodes it again and records the reason
-    stage = found.stage if found is not None else NO_FACE
-    if found is None and (box := prior_box(source, recipe, s)) is not None:
-        boxes, stage = [box], "prior-box"
+    if found is not None:
+        stage = found.stage
+    else:
+        box, stage = without_face(source, recipe, s)
+        boxes = [box] if box is not None else []
     # floats round-trip exactly through JSON: a resumed build predicts in the very same boxes
     return {"stage": stage, "boxes": [[float(v) for v in b] for b in boxes]}
 
