@@ -81,10 +81,12 @@ def main(verbose: bool) -> None:
               help="Override the recipe's align.template (fsrnet: the FSRNet test sets' frame).")
 @click.option("--occluders", type=click.Path(exists=True, file_okay=False),
               help="Folder of RGBA occluder PNGs (glasses, masks, caps; MaskTheFace masks.cfg understood).")
+@click.option("--holdout-labelled", metavar="SPLIT",
+              help="celeba: move every image with an attribute row into split SPLIT (e.g. attr), out of its own.")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, retries, storage_options,
-          seed, occlusion_seed, template, occluders, overwrite, no_progress):
+          seed, occlusion_seed, template, occluders, holdout_labelled, overwrite, no_progress):
     """Build a store from a source. Rerunning the same command resumes a killed build."""
     _check_storage_options(out, storage_options)
     # Workers may run elsewhere, in another working directory: give them absolute paths.
@@ -103,7 +105,7 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
         if occluders is not None:
             recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
             recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")
-        source = get_source(source_name, root, hf_name)
+        source = get_source(source_name, root, hf_name, holdout_labelled)
         plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options, progress=not no_progress)
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))

@@ -36,6 +36,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "proui"  # "proui" (Pro-UIGAN) | "plain" (the same progressive stages without priors or attention)
     prior: str = "learned"  # "learned" (default: no FAN weights here) or "fan"
+    prior_arch: str = "dilated"  # the learned prior's network: "dilated" (the first releases) or "hourglass"
     heads: int = 1
     scale_attention: bool = False
     norm: str = "batch"

@@ -39,19 +39,25 @@ Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = HR_SIZE) -> torch.Tensor:
-    """(B,68,h,w) heatmaps -> (B,68,2) HR-pixel coordinates (soft-argmax around the peak)."""
+    """(B,K,h,w) heatmaps -> (B,K,2) HR-pixel coordinates: the peak, refined per axis by the vertex of the
+    parabola through the log of the peak and its two neighbours (exact for a Gaussian peak, the shape the
+    targets have; a 3x3 weighted mean pulls sub-pixel offsets towards the peak pixel's centre)."""
     b, k, h, w = heatmaps.shape
-    flat = heatmaps.float().flatten(2)
-    idx = flat.argmax(-1)
-    ys, xs = (idx // w).float(), (idx % w).float()
-    # sub-pixel: weighted mean over the 3x3 neighbourhood of the peak
-    pad = F.pad(heatmaps.float(), (1, 1, 1, 1))
-    off = torch.arange(-1, 2, device=heatmaps.device).float()
-    yi, xi = (idx // w)[..., None, None] + 1 + off.view(3, 1).long(), (idx % w)[..., None, None] + 1 + off.view(1, 3).long()
-    patch = pad.flatten(2).gather(-1, (yi * (w + 2) + xi).flatten(2)).view(b, k, 3, 3).clamp_min(0)
-    norm = patch.sum((-1, -2)).clamp_min(1e-6)
-    dy = (patch.sum(-1) * off).sum(-1) / norm
-    dx = (patch.sum(-2) * off).sum(-1) / norm
+    idx = heatmaps.float().flatten(2).argmax(-1)  # (B, K)
+    ys, xs = idx // w, idx % w
+    logs = F.pad(heatmaps.float(), (1, 1, 1, 1)).clamp_min(1e-10).log().flatten(2)  # (B, K, (h+2)(w+2))
+
+    def at(dy: int, dx: int) -> torch.Tensor:
+        return logs.gather(-1, ((ys + 1 + dy) * (w + 2) + xs + 1 + dx)[..., None])[..., 0]
+
+    def vertex(before: torch.Tensor, peak: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        curvature = 2 * peak - before - after
+        offset = (after - before) / (2 * curvature.clamp_min(1e-6))
+        return torch.where(curvature > 1e-6, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+
+    centre = at(0, 0)
+    dx = vertex(at(0, -1), centre, at(0, 1))
+    dy = vertex(at(-1, 0), centre, at(1, 0))
     scale = hr_size / w
     return torch.stack([(xs + dx + 0.5) * scale - 0.5, (ys + dy + 0.5) * scale - 0.5], -1)
 

@@ -27,11 +27,48 @@ def l2_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None 
     return ((pred - target) ** 2 * (1.0 + mask_weight * mask)).mean()
 
 
-def heatmap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between heatmaps (B,L,H,W) in [0, 1]."""
+HEATMAP_LOSSES = ("mse", "weighted")
+FOREGROUND_LEVEL = 0.2  # a target pixel >= this (after a 3x3 dilation) is foreground for the weighted loss
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", foreground_weight: float = 10.0
+                 ) -> torch.Tensor:
+    """Mean squared error between heatmaps (B,L,H,W) in [0, 1].
+
+    kind "mse": the reference's plain MSE. Each map is one point on a background of zeros, so a map that is
+    low everywhere is a cheap minimum, and the maps collapse towards it.
+    kind "weighted": pixels in the 3x3-dilated region where the target is >= FOREGROUND_LEVEL weigh
+    1 + foreground_weight (the loss-weight map of Wang et al., "Adaptive Wing Loss", ICCV 2019).
+    """
     if pred.shape != target.shape:
         raise ValueError(f"heatmap shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-    return F.mse_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind != "weighted":
+        raise ValueError(f"heatmap loss kind must be one of {HEATMAP_LOSSES}, got {kind!r}")
+    foreground = F.max_pool2d(target.float(), 3, stride=1, padding=1) >= FOREGROUND_LEVEL
+    weight = 1.0 + foreground_weight * foreground.to(pred.dtype)
+    return ((pred - target) ** 2 * weight).mean()
+
+
+def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B,L,H,W) heatmaps in (0, 1) -> (B,L,2) expected (x, y) in the maps' pixels under the spatial softmax of
+    their logits (integral regression, Sun et al., ECCV 2018): differentiable, so a point loss reaches maps."""
+    b, k, h, w = heatmaps.shape
+    logits = torch.logit(heatmaps.float().clamp(1e-6, 1 - 1e-6)).flatten(2)
+    p = torch.softmax(logits, dim=-1).view(b, k, h, w)
+    xs = torch.arange(w, device=heatmaps.device, dtype=p.dtype)
+    ys = torch.arange(h, device=heatmaps.device, dtype=p.dtype)
+    return torch.stack([(p.sum(-2) * xs).sum(-1), (p.sum(-1) * ys).sum(-1)], dim=-1)
+
+
+def point_loss(heatmaps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the soft-argmax of (B,L,H,W) heatmaps and (B,L,2) points in the maps' pixels,
+    as a fraction of the map's side (comparable across stages); NaN points (missing landmarks) are left out."""
+    pred = soft_argmax(heatmaps)
+    known = torch.isfinite(points).all(-1, keepdim=True)
+    error = (pred - torch.where(known, points, pred.detach())).abs()
+    return error.sum() / (known.sum() * 2).clamp_min(1) / heatmaps.shape[-1]
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -84,6 +121,17 @@ def lsgan_discriminator_loss(
     return sum(0.5 * (((r.float() - 1) ** 2).mean() + (f.float() ** 2).mean()) for r, f in zip(real, fake))
 
 
+def feature_matching_loss(fake_features: Sequence[Sequence[torch.Tensor]],
+                          real_features: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """Sum over discriminators of the mean over their blocks of the L1 distance between the block outputs on
+    the generated and on the real faces (pix2pixHD's feature matching): a perceptual term in the
+    discriminator's own features, which need no download. Pass the real features detached."""
+    if len(fake_features) != len(real_features) or not fake_features:
+        raise ValueError(f"{len(fake_features)} fake but {len(real_features)} real discriminator feature lists")
+    return sum(sum(F.l1_loss(f.float(), r.float()) for f, r in zip(fake, real)) / len(fake)
+               for fake, real in zip(fake_features, real_features))
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights per stage (stage 1, 2, 3), as in the reference's train.py unless marked; the `[loss]`
@@ -97,8 +145,14 @@ class LossConfig:
     tv           total variation of the upsampled output
     style        Gram-matrix L1 between the upsampled output and the HR at 2x (needs VGG)
     perceptual   VGG-feature MSE, applied to both the refined face and the upsampled output (needs VGG)
+    points       not the reference: L1 between the soft-argmax of the refined heatmaps (and of the prior, where
+                 `prior` is trained) and the stage's landmarks, a fraction of the map's side (`point_loss`)
+    heatmap_kind "mse" (the reference) or "weighted" (foreground pixels weigh 1 + heatmap_foreground), for both
+                 the heatmap and the prior terms (`heatmap_loss`)
     adversarial  LSGAN generator term of the global discriminator on the final 128x128 output
     local_adversarial  the same for the local discriminator on 64x64 crops (the paper's; not in the released code)
+    feature_matching  not the reference: L1 between the discriminators' block outputs on the output and on the HR
+                 (`feature_matching_loss`), during the adversarial phase; a perceptual term without VGG
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
     vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
                  perceptual terms (VGG19 cannot be downloaded here); empty: both terms are off
@@ -111,13 +165,20 @@ class LossConfig:
     tv: tuple[float, ...] = (0.1, 0.1, 0.01)
     style: tuple[float, ...] = (10.0, 10.0, 1.0)
     perceptual: tuple[float, ...] = (0.1, 0.01, 0.01)
+    points: tuple[float, ...] = (0.0, 0.0, 0.0)
+    heatmap_kind: str = "mse"
+    heatmap_foreground: float = 10.0
     adversarial: float = 1e-3
     local_adversarial: float = 0.0
+    feature_matching: float = 0.0
     mask_weight: float = 0.0
     vgg_weights: str = ""
 
     def __post_init__(self) -> None:
-        scalars = ("adversarial", "local_adversarial", "mask_weight", "vgg_weights")
+        scalars = ("adversarial", "local_adversarial", "feature_matching", "mask_weight", "vgg_weights", "heatmap_kind",
+                   "heatmap_foreground")
+        if self.heatmap_kind not in HEATMAP_LOSSES:
+            raise ValueError(f"heatmap_kind must be one of {HEATMAP_LOSSES}, got {self.heatmap_kind!r}")
         lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name not in scalars}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every per-stage weight needs one value per stage, got lengths {lengths}")
@@ -190,6 +251,7 @@ def generator_loss(
     vgg: VGGFeatureExtractor | None = None,
     d_fake: torch.Tensor | Sequence[torch.Tensor] | None = None,
     d_fake_local: torch.Tensor | None = None,
+    d_features: tuple[Sequence[Sequence[torch.Tensor]], Sequence[Sequence[torch.Tensor]]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of every generator term -> (total, {name: unweighted term, detached}).
 
@@ -203,10 +265,13 @@ def generator_loss(
     vgg:     enables the style and perceptual terms; without it they are skipped (not computed, not reported).
     d_fake:  discriminator output(s) on outputs["final"], not detached; adds the LSGAN generator term.
     d_fake_local: the local discriminator's output on crops of outputs["final"]; adds 'local_adversarial'.
-    targets may hold "mask": {size: (B,1,s,s)} occlusion masks; with weights.mask_weight the pixel L2 terms
+    d_features: (fake, real) block outputs of each discriminator on the output and on the HR; adds
+             'feature_matching'.
+    targets may hold "points": {16: (B,7,2), 32: (B,42,2), 64: (B,68,2)}, the stage's landmarks in its heatmaps'
+    pixels (needed when weights.points is set), and "mask": {size: (B,1,s,s)} occlusion masks; with weights.mask_weight the pixel L2 terms
     weigh occluded pixels more. Stages without "heatmaps" (the plain baseline) skip the heatmap terms.
 
-    Terms are named 'stage{s}/{face_l2,out_l2,heatmap,prior,tv,style,perceptual}' and 'adversarial'; a term
+    Terms are named 'stage{s}/{face_l2,out_l2,heatmap,prior,points,tv,style,perceptual}' and 'adversarial'; a term
     whose weight is 0 is skipped. The dict holds 0-d tensors (call .item() when logging, not per step).
     """
     weights = weights or LossConfig()
@@ -214,6 +279,7 @@ def generator_loss(
     if len(stages) != weights.n_stages:
         raise ValueError(f"{len(stages)} generator stages but weights for {weights.n_stages}")
     hr, heatmaps, masks = targets["hr"], targets.get("heatmaps", {}), targets.get("mask", {})
+    points = targets.get("points", {})
     total = outputs["final"].new_zeros((), dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
 
@@ -234,10 +300,17 @@ def generator_loss(
                 l2_loss(stage["out"], _lookup(hr, up, "hr"), masks.get(up), weights.mask_weight))
         if (weights.heatmap[i] or weights.prior[i]) and "heatmaps" in stage:
             target = _lookup(heatmaps, size, "heatmaps")
+            kind, foreground = weights.heatmap_kind, weights.heatmap_foreground
             if weights.heatmap[i]:
-                add(f"stage{s}/heatmap", weights.heatmap[i], heatmap_loss(stage["heatmaps"], target))
+                add(f"stage{s}/heatmap", weights.heatmap[i], heatmap_loss(stage["heatmaps"], target, kind, foreground))
             if weights.prior[i]:
-                add(f"stage{s}/prior", weights.prior[i], heatmap_loss(stage["prior"], target))
+                add(f"stage{s}/prior", weights.prior[i], heatmap_loss(stage["prior"], target, kind, foreground))
+        if weights.points[i] and "heatmaps" in stage:
+            target_points = _lookup(points, size, "points")
+            value = point_loss(stage["heatmaps"], target_points)
+            if weights.prior[i]:  # a frozen external prior is not trained (its prior weight is 0)
+                value = value + point_loss(stage["prior"], target_points)
+            add(f"stage{s}/points", weights.points[i], value)
         if weights.tv[i]:
             add(f"stage{s}/tv", weights.tv[i], total_variation(stage["out"]))
         if target_features is not None:
@@ -248,4 +321,6 @@ def generator_loss(
         add("adversarial", weights.adversarial, lsgan_generator_loss(d_fake))
     if d_fake_local is not None and weights.local_adversarial:
         add("local_adversarial", weights.local_adversarial, lsgan_generator_loss(d_fake_local))
+    if d_features is not None and weights.feature_matching:
+        add("feature_matching", weights.feature_matching, feature_matching_loss(*d_features))
     return total, terms

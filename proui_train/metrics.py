@@ -73,11 +73,29 @@ def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, dat
     return ((smap * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)).double()
 
 
+LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def high_frequency_energy(y: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared 3x3 Laplacian (B,) of (B,1,H,W) luma over the valid region: the energy of detail."""
+    kernel = torch.tensor(LAPLACIAN, dtype=torch.float64, device=y.device).view(1, 1, 3, 3)
+    return (F.conv2d(y.double(), kernel) ** 2).flatten(1).mean(1)
+
+
+def high_frequency_ratio(sr_y: torch.Tensor, hr_y: torch.Tensor) -> torch.Tensor:
+    """Per-image high-frequency energy of `sr_y` over that of `hr_y` (B,): a no-reference sharpness figure put on
+    HR's scale, 1 = as much detail as the ground truth, below 1 = smoother (bicubic is far below), above 1 =
+    more (noise, artefacts, or hallucinated texture)."""
+    return high_frequency_energy(sr_y) / high_frequency_energy(hr_y).clamp_min(1e-12)
+
+
 def quality(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """PSNR/SSIM on Y and RGB for uint8-range (B,3,H,W) tensors; with `mask`, also inside/outside it."""
+    """PSNR/SSIM on Y and RGB for uint8-range (B,3,H,W) tensors, and the high-frequency ratio on Y (`hf_ratio`);
+    with `mask`, also PSNR/SSIM inside/outside it."""
     out = {}
     ys, yh = rgb_to_y(sr), rgb_to_y(hr)
     out["psnr_y"], out["ssim_y"] = psnr(ys, yh), ssim(ys, yh)
+    out["hf_ratio"] = high_frequency_ratio(ys, yh)
     out["psnr_rgb"], out["ssim_rgb"] = psnr(sr, hr), ssim(sr, hr)
     if mask is not None:
         inside = (mask > 0.5).to(sr.dtype)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from proui_train.targets import render_heatmaps_torch
 
 from .augment import flip_batch
 from .config import TrainConfig
+from .data.shards import open_split
 from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
 from .runtime import build_generator
@@ -102,6 +104,13 @@ def local_crop_corners(mask: torch.Tensor | None, batch: int, size: int = HR_SIZ
     return (centre - (crop - 1) / 2).round().clamp(0, size - crop).long()
 
 
+def mean_training_shape(cfg: TrainConfig) -> torch.Tensor:
+    """(68,2) mean landmarks in HR pixels over the valid rows of the training split (NaN rows left out)."""
+    group = open_split(cfg.data.store, cfg.data.train_split, None)
+    landmarks = group["landmarks"][:][group["valid"][:].astype(bool)]
+    return torch.from_numpy(np.nanmean(landmarks, axis=0)).float()
+
+
 class StageHeatmaps(nn.Module):
     """landmarks (B,68,2) in HR pixels -> {16: (B,7,16,16), 32: (B,42,32,32), 64: (B,68,64,64)} targets."""
 
@@ -116,6 +125,12 @@ class StageHeatmaps(nn.Module):
                                             sigma=sigma, hr_size=HR_SIZE)
                 for i, (size, sigma) in enumerate(zip(self.sizes, self.sigmas))}
 
+    def points(self, landmarks: torch.Tensor) -> dict[int, torch.Tensor]:
+        """landmarks (B,68,2) in HR pixels -> {16: (B,7,2), ...}: each stage's points in its heatmaps' pixels
+        (the geometry `render_heatmaps_torch` centres its peaks on)."""
+        return {size: (landmarks.index_select(1, getattr(self, f"index{i}")).float() + 0.5) * (size / HR_SIZE) - 0.5
+                for i, size in enumerate(self.sizes)}
+
 
 class ProUIGANTrainer:
     """Pro-UIGAN's (or the plain baseline's) adversarial training state and step.
@@ -126,7 +141,10 @@ class ProUIGANTrainer:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> None:
         self.cfg, self.device = cfg, device
-        self.generator = build_generator(cfg, device).to(device)
+        self.generator = build_generator(cfg, device)
+        if cfg.model.arch == "proui" and cfg.model.prior_arch == "hourglass":  # a resumed run loads its own after
+            self.generator.set_mean_shape(mean_training_shape(cfg), cfg.data.heatmap_sigma)
+        self.generator.to(device)
         self.discriminator = global_discriminator().to(device)
         self.local_discriminator = local_discriminator().to(device) if cfg.loss.local_adversarial else None
         if cfg.channels_last and device.type == "cuda":
@@ -170,12 +188,15 @@ class ProUIGANTrainer:
 
         return VGGFeatureExtractor.from_file(self.cfg.loss.vgg_weights).to(self.device).eval()
 
-    def _scores(self, images: torch.Tensor, corners: torch.Tensor | None) -> list[torch.Tensor]:
-        """Discriminator scores: the global D on the face, the local D on its crops."""
-        scores = [self.d_models[0](images)]
-        if corners is not None:
-            scores.append(self.d_models[1](crop_patches(images, corners, LOCAL_CROP)))
-        return scores
+    def _scores(self, images: torch.Tensor, corners: torch.Tensor | None, features: bool = False
+                ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """Discriminator scores, the global D on the face and the local D on its crops, and with `features`
+        each D's block outputs (else empty lists)."""
+        inputs = [images] + ([crop_patches(images, corners, LOCAL_CROP)] if corners is not None else [])
+        outputs = [d(x, features=features) for d, x in zip(self.d_models, inputs)]
+        if not features:
+            return outputs, []
+        return [score for score, _ in outputs], [block_outputs for _, block_outputs in outputs]
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int, aug_rng: torch.Generator | None = None
                    ) -> dict[str, torch.Tensor] | None:
@@ -196,6 +217,8 @@ class ProUIGANTrainer:
         for group in self.opt_d.param_groups:
             group["lr"] = o.lr_d * scale
         targets = {"hr": hr_pyramid(hr), "heatmaps": self.heatmaps(landmarks)}
+        if any(w.points):
+            targets["points"] = self.heatmaps.points(landmarks)
         if w.mask_weight and mask is not None:
             targets["mask"] = hr_pyramid(mask)
         adversarial = step >= o.gan_start and (w.adversarial > 0 or cfg.loss.local_adversarial > 0)
@@ -206,19 +229,27 @@ class ProUIGANTrainer:
         with self.amp:
             out = self.g_model(lr_in)
         loss_d = torch.zeros((), device=self.device)
+        matching = adversarial and w.feature_matching > 0
+        d_features = None
         if adversarial:  # D's gradients first, on the detached output; applied after the finite check
             for d in self.discriminators:
                 d.requires_grad_(True)
             with self.amp:
-                real, fake = self._scores(hr, corners), self._scores(out["final"].detach(), corners)
+                real, real_features = self._scores(hr, corners, features=matching)
+                fake, _ = self._scores(out["final"].detach(), corners)
                 loss_d = lsgan_discriminator_loss(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             for d in self.discriminators:
                 d.requires_grad_(False)  # G's loss needs gradients through D, not for D
         with self.amp:
-            scores = self._scores(out["final"], corners) if adversarial else [None, None]
-            loss_g, terms = generator_loss(out, targets, w, self.vgg, scores[0], scores[1] if len(scores) > 1 else None)
+            scores = [None, None]
+            if adversarial:  # D is not stepped before G's backward: the real features above still hold
+                scores, fake_features = self._scores(out["final"], corners, features=matching)
+                if matching:
+                    d_features = (fake_features, [[f.detach() for f in fs] for fs in real_features])
+            loss_g, terms = generator_loss(out, targets, w, self.vgg, scores[0], scores[1] if len(scores) > 1 else None,
+                                           d_features)
         self.opt_g.zero_grad(set_to_none=True)
         if not all_finite(loss_g, loss_d):
             self.opt_d.zero_grad(set_to_none=True)

@@ -127,3 +127,27 @@ def test_recover_lr_inverts_matlab_bicubic_upsampling():
     np.testing.assert_array_equal(recover_lr(up), lr.astype(np.uint8))
     noisy = np.clip(np.round(up + rng.normal(0, 2.0, up.shape)), 0, 255)  # JPEG-like noise on the big image
     assert np.abs(recover_lr(noisy).astype(float) - lr).max() <= 2.0
+
+
+def test_high_frequency_ratio_against_opencv_laplacian(shared_data):
+    """The sharpness figure equals OpenCV's Laplacian energy ratio, is 1 for HR itself, and ranks a real face:
+    HR > bicubic from 16x16 (far below 1)."""
+    from proui_train.metrics import high_frequency_ratio
+    from proui_train.report import bicubic
+
+    path = sorted((shared_data / "benchmark" / "fsrnet" / "celeba_val_1000_HR").iterdir())[0]
+    hr_np = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    hr = torch.from_numpy(hr_np).permute(2, 0, 1)[None].double()
+    lr = torch.nn.functional.interpolate(hr, size=16, mode="area")
+    sr = bicubic(lr.float()).double()
+    y_hr, y_sr = rgb_to_y(hr), rgb_to_y(sr)
+
+    def opencv_energy(y: torch.Tensor) -> float:
+        lap = cv2.Laplacian(y[0, 0].numpy(), cv2.CV_64F, ksize=1)[1:-1, 1:-1]  # ksize 1: the 3x3 cross
+        return float((lap**2).mean())
+
+    ratio = high_frequency_ratio(y_sr, y_hr).item()
+    assert ratio == pytest.approx(opencv_energy(y_sr) / opencv_energy(y_hr), rel=1e-9)
+    assert high_frequency_ratio(y_hr, y_hr).item() == pytest.approx(1.0)
+    assert ratio < 0.2
+    assert "hf_ratio" in quality(sr, hr)

@@ -27,8 +27,11 @@ SOURCES: dict[str, type[Source]] = {
 }
 
 
-def get_source(name: str, root: str | None = None, hf_name: str | None = None) -> Source:
-    """Instantiate a source by its CLI name."""
+def get_source(name: str, root: str | None = None, hf_name: str | None = None,
+               holdout_labelled: str | None = None) -> Source:
+    """Instantiate a source by its CLI name (`holdout_labelled`: celeba only, see `CelebASource`)."""
+    if holdout_labelled and name != "celeba":
+        raise SourceError(f"--holdout-labelled is for --source celeba, not {name}")
     if name not in SOURCES:
         raise SourceError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
     if name == "demo":
@@ -42,4 +45,6 @@ def get_source(name: str, root: str | None = None, hf_name: str | None = None) -
     r = Path(root)
     if not r.is_dir():
         raise SourceError(f"--root {root}: not a directory")
+    if name == "celeba":
+        return CelebASource(str(r), holdout_labelled)
     return SOURCES[name](str(r))

@@ -4,8 +4,12 @@ Images: `img_align_celeba/` (aligned 178x218) or `img_celeba/` (in the wild), di
 under `Img/`. Annotations, each optional, under `Anno/` and `Eval/` or directly under the root:
 `identity_CelebA.txt`, `list_attr_celeba.txt`, `list_landmarks_align_celeba.txt` (aligned images),
 `list_landmarks_celeba.txt` and `list_bbox_celeba.txt` (in-the-wild images), `list_eval_partition.txt`.
-Missing rows are allowed (a truncated attribute file leaves later images with unknown attributes).
-Images with no partition row are left out of every split, and the count is reported.
+Missing rows are allowed (a truncated attribute file leaves later images with unknown attributes); the
+attribute file may carry a suffix (`list_attr_celeba_first20000.txt`, as the public truncated copies do) when no
+`list_attr_celeba.txt` is there. Images with no partition row are left out of every split, and the count is
+reported. `holdout_labelled="attr"` moves every image with an attribute row into a split of that name, out of
+its official one: the truncated file labels only training images, and an attribute task evaluated on a
+generator's outputs needs faces the generator never trained on.
 """
 from __future__ import annotations
 
@@ -67,11 +71,23 @@ def read_table(path: Path, header: bool) -> tuple[list[str], dict[str, list[str]
     return names, rows
 
 
+def _find_prefixed(root: Path, stem: str, subdirs: tuple[str, ...]) -> Path | None:
+    """The first `<stem>*.txt` (sorted) in the first of `subdirs` that has one."""
+    for d in subdirs:
+        found = sorted((root / d).glob(f"{stem}*.txt")) if (root / d).is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
 class CelebASource(Source):
     name = "celeba"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, holdout_labelled: str | None = None):
         self.root = root
+        if holdout_labelled in SPLITS:
+            raise SourceError(f"holdout split {holdout_labelled!r} would mix with the official {holdout_labelled} split")
+        self.holdout_labelled = holdout_labelled
         r = Path(root)
         self.image_dir = None
         for d in ("img_align_celeba", "Img/img_align_celeba", "img_celeba", "Img/img_celeba"):
@@ -86,7 +102,7 @@ class CelebASource(Source):
         sub = ("Anno", "", "Eval")
         self._paths = {
             "identity": _find(r, "identity_CelebA.txt", sub),
-            "attributes": _find(r, "list_attr_celeba.txt", sub),
+            "attributes": _find(r, "list_attr_celeba.txt", sub) or _find_prefixed(r, "list_attr_celeba", sub),
             "landmarks": _find(r, "list_landmarks_align_celeba.txt" if self.aligned else "list_landmarks_celeba.txt", sub),
             "bbox": None if self.aligned else _find(r, "list_bbox_celeba.txt", sub),
             "partition": _find(r, "list_eval_partition.txt", ("Eval", "", "Anno")),
@@ -121,10 +137,19 @@ class CelebASource(Source):
 
     def splits(self) -> list[str]:
         part = self._tables()["partition"]
+        held = [self.holdout_labelled] if self.holdout_labelled and self._tables()["attributes"] else []
         if part is None:
-            return ["train"]
+            return ["train"] + held
         present = {PARTITION.get(v[0]) for f, v in part.items()}
-        return [s for s in SPLITS if s in present]
+        return [s for s in SPLITS if s in present] + held
+
+    def _split_of(self, name: str) -> str | None:
+        t = self._tables()
+        if self.holdout_labelled and t["attributes"] is not None and name in t["attributes"]:
+            return self.holdout_labelled
+        if t["partition"] is None:
+            return "train"
+        return PARTITION.get(t["partition"][name][0]) if name in t["partition"] else None
 
     def unassigned(self) -> int:
         t = self._tables()
@@ -132,13 +157,9 @@ class CelebASource(Source):
 
     def items(self, split: str) -> list[Item]:
         t = self._tables()
-        part = t["partition"]
         out = []
         for f in t["files"]:
-            if part is None:
-                if split != "train":
-                    continue
-            elif f not in part or PARTITION.get(part[f][0]) != split:
+            if self._split_of(f) != split:
                 continue
             lm = box = attrs = None
             if t["landmarks"] is not None and f in t["landmarks"]:
@@ -160,4 +181,5 @@ class CelebASource(Source):
             "images": Path(self.image_dir).name,
             "annotations": {k: (str(p.name) if p else None) for k, p in self._paths.items()},
             "unassigned_images": self.unassigned(),
+            **({"holdout_labelled": self.holdout_labelled} if self.holdout_labelled else {}),
         }

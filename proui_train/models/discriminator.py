@@ -47,6 +47,8 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(c_in, 1, 3, 1, 1))
         self.model = nn.Sequential(*layers)
         self.n_blocks = len(channels)
+        # the last activation of each block: what feature matching compares
+        self.block_ends = [i for i, m in enumerate(self.model) if isinstance(m, nn.LeakyReLU)][1::2]
         if init_std is not None:
             init_weights(self, init_std)
 
@@ -57,8 +59,18 @@ class PatchDiscriminator(nn.Module):
             h, w = (h + 1) // 2, (w + 1) // 2
         return (1, h, w)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+    def forward(self, images: torch.Tensor, features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch scores; with `features`, also each block's output [(B,64,H/2,W/2), (B,128,H/4,W/4), ...]."""
+        if not features:
+            return self.model(images)
+        block_outputs = []
+        x = images
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in self.block_ends:
+                block_outputs.append(x)
+        return x, block_outputs
 
 
 def global_discriminator(norm: str = "batch", init_std: float | None = 0.02) -> PatchDiscriminator:

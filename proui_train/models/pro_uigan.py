@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..targets import render_heatmaps_torch
 from .attention import CrossModalAttention, cross_modal_attention  # noqa: F401 - re-exported
 from .blocks import ConvNormAct, ResidualBlock, check_norm, count_parameters, init_weights
 
@@ -46,6 +47,7 @@ STAGE2_LANDMARKS: tuple[int, ...] = (
 STAGE3_LANDMARKS: tuple[int, ...] = tuple(range(NUM_LANDMARKS))
 STAGE_LANDMARKS: tuple[tuple[int, ...], ...] = (STAGE1_LANDMARKS, STAGE2_LANDMARKS, STAGE3_LANDMARKS)
 PRIORS = ("learned", "fan")
+PRIOR_ARCHS = ("dilated", "hourglass")
 
 HeatmapEstimator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,8 +71,12 @@ class ProUIGANConfig:
     res_blocks: int = 2
     # Stage priors.
     prior: str = "learned"  # "learned" | "fan" (needs heatmap_estimator)
+    # The learned prior's network. "dilated": a few dilated convs (what the first releases use). "hourglass" (ours,
+    # not the reference): coordinate channels and an encoder-decoder whose bottleneck at S/4 sees the whole face,
+    # so jaw and brow points, far from any local evidence in an occluded thumbnail, can be placed.
+    prior_arch: str = "dilated"
     prior_channels: int = 32
-    prior_dilations: tuple[int, ...] = (1, 2, 4)  # receptive field 3 + 2 * sum + 2 = 19 pixels
+    prior_dilations: tuple[int, ...] = (1, 2, 4)  # "dilated": receptive field 3 + 2 * sum + 2 = 19 pixels
     fan_input_size: int = 256  # the reference runs FAN on the face upsampled to 256
     init_std: float | None = 0.02  # DCGAN-style init as the reference; None keeps PyTorch's default
     init_bias_std: float = 0.02  # the reference draws biases from N(0, 0.02) too; 0 gives zero biases
@@ -84,6 +90,8 @@ class ProUIGANConfig:
         check_norm(self.norm)
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.prior_arch not in PRIOR_ARCHS:
+            raise ValueError(f"prior_arch must be one of {PRIOR_ARCHS}, got {self.prior_arch!r}")
         if self.heads < 1 or self.attn_channels % self.heads:
             raise ValueError(f"attn_channels ({self.attn_channels}) must be a multiple of heads ({self.heads})")
         if len(self.up_kernel_sizes) != len(self.stage_landmarks):
@@ -177,6 +185,59 @@ class LearnedPrior(nn.Module):
         return self.net(face)
 
 
+def coordinate_channels(face: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> (B,2,H,W): x and y of each pixel in [-1, 1] (CoordConv), in the face's dtype and layout."""
+    b, _, h, w = face.shape
+    ys = torch.linspace(-1, 1, h, device=face.device, dtype=face.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=face.device, dtype=face.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([xs, ys], dim=1)
+
+
+class HourglassPrior(nn.Module):
+    """face (B,3,S,S) -> heatmaps (B,L,S,S) in [0, 1] through an encoder-decoder with skips (not the reference).
+
+    Faces are aligned to a template, so where a landmark lies is mostly a function of the pixel's position with
+    the face's evidence moving it: the input carries (x, y) coordinate channels, and two stride-2 levels bring
+    the face to S/4, where dilated convs and a global context vector (the mean of the features, through a 1x1
+    conv, added everywhere) see all of it before the decoder returns to S.
+
+        face + coords (B,5,S,S) -> stem (B,C,S,S) -> down (B,C,S/2,S/2) -> down (B,C,S/4,S/4) -> dilated convs
+        + global context -> up + skip (B,C,S/2,S/2) -> up + skip (B,C,S,S) -> 1x1 conv, sigmoid (B,L,S,S)
+    """
+
+    def __init__(self, heatmap_channels: int, size: int, *, channels: int = 32, dilations: Sequence[int] = (1, 2, 4),
+                 norm: str = "batch", levels: int = 2) -> None:
+        super().__init__()
+        c = channels
+        # Logits added to the head's everywhere: zero, or the mean training shape's heatmaps (`set_mean_shape`),
+        # so that training starts from the mean face's landmarks and learns how each face departs from them.
+        self.shape_logits = nn.Parameter(torch.zeros(heatmap_channels, size, size))
+        self.stem = ConvNormAct(5, c, 3, norm=norm)
+        self.down = nn.ModuleList(ConvNormAct(c, c, 3, stride=2, norm=norm) for _ in range(levels))
+        self.middle = nn.Sequential(*(ConvNormAct(c, c, 3, dilation=d, norm=norm) for d in dilations))
+        self.context = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU())
+        self.up = nn.ModuleList(ConvNormAct(2 * c, c, 3, norm=norm) for _ in range(levels))
+        self.head = nn.Conv2d(c, heatmap_channels, 1)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        x = self.stem(torch.cat([face, coordinate_channels(face)], dim=1))  # (B, C, S, S)
+        skips = []
+        for down in self.down:
+            skips.append(x)
+            x = down(x)  # (B, C, S/2, S/2), then (B, C, S/4, S/4)
+        x = self.middle(x)
+        x = x + self.context(x.mean((2, 3), keepdim=True))  # (B, C, S/4, S/4) + (B, C, 1, 1)
+        for up, skip in zip(self.up, reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = up(torch.cat([x, skip], dim=1))  # (B, C, S/2, S/2), then (B, C, S, S)
+        return torch.sigmoid(self.head(x) + self.shape_logits)  # (B, L, S, S)
+
+    @torch.no_grad()
+    def set_mean_shape(self, heatmaps: torch.Tensor, floor: float = 0.01) -> None:
+        """Start from (L,S,S) heatmaps in [0, 1] (the mean shape's): their logits, clipped to [floor, 1 - floor]."""
+        self.shape_logits.copy_(torch.logit(heatmaps.clamp(floor, 1 - floor)))
+
+
 class FANPrior(nn.Module):
     """An external 68-point heatmap estimator, cut down to a stage's landmarks and resolution.
 
@@ -225,9 +286,12 @@ class ProUIStage(nn.Module):
         n = len(landmarks)
         self.size = size
         if config.prior == "learned":
-            self.prior = LearnedPrior(
-                n, channels=config.prior_channels, dilations=config.prior_dilations, norm=config.norm
-            )
+            if config.prior_arch == "hourglass":
+                self.prior = HourglassPrior(n, size, channels=config.prior_channels,
+                                            dilations=config.prior_dilations, norm=config.norm)
+            else:
+                self.prior = LearnedPrior(n, channels=config.prior_channels, dilations=config.prior_dilations,
+                                          norm=config.norm)
         else:
             if heatmap_estimator is None:
                 raise ValueError('prior="fan" needs a heatmap_estimator: a callable face -> (B, 68, 64, 64)')
@@ -318,3 +382,11 @@ class ProUIGAN(Progressive, PyTorchModelHubMixin, **HUB_METADATA):
         )
         if config.init_std is not None:
             init_weights(self, config.init_std, config.init_bias_std)
+
+    def set_mean_shape(self, landmarks: torch.Tensor, sigmas: Sequence[float]) -> None:
+        """Start each hourglass prior from the heatmaps of `landmarks` (68,2), the mean training shape in HR
+        pixels, rendered with each stage's target sigma. A no-op for other priors."""
+        for stage, index, sigma in zip(self.stages, self.config.stage_landmarks, sigmas):
+            if isinstance(stage.prior, HourglassPrior):
+                points = landmarks[list(index)][None].float()  # (1, L, 2)
+                stage.prior.set_mean_shape(render_heatmaps_torch(points, size=stage.size, sigma=sigma)[0])
