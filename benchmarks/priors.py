@@ -59,8 +59,7 @@ def train_option(net_cls, kind: str, points_weight: float, mean_shape: bool, sta
     torch.manual_seed(seed)
     net = net_cls(len(index), size) if net_cls is HourglassPrior else net_cls(len(index))
     if mean_shape:
-        mean = data["train"][1].mean(0)[list(index)][None]
-        net.set_mean_shape(render_heatmaps_torch(mean, size=size, sigma=sigma)[0])
+        net.set_mean_shape(data["train"][1].mean(0)[list(index)], sigma)
     opt = torch.optim.Adam(net.parameters(), lr=5e-4)
     lr_train, lm_train = data["train"]
     gen = torch.Generator().manual_seed(seed)

@@ -209,9 +209,11 @@ class HourglassPrior(nn.Module):
                  norm: str = "batch", levels: int = 2) -> None:
         super().__init__()
         c = channels
-        # Logits added to the head's everywhere: zero, or the mean training shape's heatmaps (`set_mean_shape`),
-        # so that training starts from the mean face's landmarks and learns how each face departs from them.
-        self.shape_logits = nn.Parameter(torch.zeros(heatmap_channels, size, size))
+        self.size = size
+        # The mean training shape (`set_mean_shape`): its heatmaps' logits are added to the head's, so training
+        # starts from the mean face's landmarks and learns how each face departs from them. A sigma of 0: none.
+        self.register_buffer("mean_points", torch.zeros(heatmap_channels, 2))  # HR pixels
+        self.register_buffer("mean_sigma", torch.zeros(()))
         self.stem = ConvNormAct(5, c, 3, norm=norm)
         self.down = nn.ModuleList(ConvNormAct(c, c, 3, stride=2, norm=norm) for _ in range(levels))
         self.middle = nn.Sequential(*(ConvNormAct(c, c, 3, dilation=d, norm=norm) for d in dilations))
@@ -230,12 +232,20 @@ class HourglassPrior(nn.Module):
         for up, skip in zip(self.up, reversed(skips)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))  # (B, C, S/2, S/2), then (B, C, S, S)
-        return torch.sigmoid(self.head(x) + self.shape_logits)  # (B, L, S, S)
+        return torch.sigmoid(self.head(x) + self.shape_logits().to(x.dtype))  # (B, L, S, S)
+
+    def shape_logits(self, floor: float = 0.01) -> torch.Tensor:
+        """(L,S,S) logits of the mean shape's heatmaps clipped to [floor, 1 - floor]; zeros before `set_mean_shape`."""
+        if float(self.mean_sigma) <= 0:
+            return self.mean_points.new_zeros(self.mean_points.shape[0], self.size, self.size)
+        maps = render_heatmaps_torch(self.mean_points[None], size=self.size, sigma=float(self.mean_sigma))[0]
+        return torch.logit(maps.clamp(floor, 1 - floor))
 
     @torch.no_grad()
-    def set_mean_shape(self, heatmaps: torch.Tensor, floor: float = 0.01) -> None:
-        """Start from (L,S,S) heatmaps in [0, 1] (the mean shape's): their logits, clipped to [floor, 1 - floor]."""
-        self.shape_logits.copy_(torch.logit(heatmaps.clamp(floor, 1 - floor)))
+    def set_mean_shape(self, points: torch.Tensor, sigma: float) -> None:
+        """Start from the heatmaps of `points` (L,2), the mean shape in HR pixels, rendered with `sigma` at S."""
+        self.mean_points.copy_(points)
+        self.mean_sigma.fill_(sigma)
 
 
 class FANPrior(nn.Module):
@@ -388,5 +398,4 @@ class ProUIGAN(Progressive, PyTorchModelHubMixin, **HUB_METADATA):
         pixels, rendered with each stage's target sigma. A no-op for other priors."""
         for stage, index, sigma in zip(self.stages, self.config.stage_landmarks, sigmas):
             if isinstance(stage.prior, HourglassPrior):
-                points = landmarks[list(index)][None].float()  # (1, L, 2)
-                stage.prior.set_mean_shape(render_heatmaps_torch(points, size=stage.size, sigma=sigma)[0])
+                stage.prior.set_mean_shape(landmarks[list(index)].float(), sigma)
