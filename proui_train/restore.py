@@ -64,12 +64,15 @@ class FaceRecord:
     reason: str = ""  # why a face is left or skipped
     landmark_source: str = ""
     seconds: float = 0.0  # search share + align + model + paste of this face
+    transform: np.ndarray | None = field(default=None, repr=False)  # (2,3) photo px -> HR px of the template
     lr: np.ndarray | None = field(default=None, repr=False)  # 16x16 input
     sr: np.ndarray | None = field(default=None, repr=False)  # 128x128 output
     aligned: np.ndarray | None = field(default=None, repr=False)  # the photo warped to the 128x128 frame
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("lr", "sr", "aligned")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("lr", "sr", "aligned", "transform")}
+        if self.transform is not None:
+            d["transform"] = np.round(self.transform, 6).tolist()
         d["box"] = [round(float(v), 2) for v in self.box]
         d["eye_distance"] = round(self.eye_distance, 2)
         d["seconds"] = round(self.seconds, 4)
@@ -100,6 +103,18 @@ def face_mask(landmarks_hr: np.ndarray, size: int = HR_SIZE) -> np.ndarray:
     cv2.fillConvexPoly(mask, cv2.convexHull(points).astype(np.int32), 255)
     mask = cv2.erode(mask, np.ones((2 * ERODE + 1, 2 * ERODE + 1), np.uint8))
     return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), FEATHER)
+
+
+def warp_to_lr(photo: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The photo warped by `m` (photo px -> LR px) into the model's 16x16 frame: each LR pixel the mean of the photo
+    over its footprint (what the 8x box average of a training HR is), computed on a grid q times finer than the LR
+    where q is the smallest that reaches the photo's own resolution (never finer: no 128x128 crop is made up)."""
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    q = max(1, int(np.ceil(1.0 / scale - 1e-6)))
+    fine = align.compose(np.array([[q, 0, (q - 1) / 2], [0, q, (q - 1) / 2]]), m)
+    grid = cv2.warpAffine(photo, fine, (LR_SIZE * q, LR_SIZE * q), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return grid.reshape(LR_SIZE, q, LR_SIZE, q, 3).mean((1, 3)).round().astype(np.uint8)
 
 
 def _roi_warp(image: np.ndarray, m: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -169,7 +184,7 @@ class FaceRestorer:
     def hallucinate(self, lr: np.ndarray) -> np.ndarray:
         """(N, 16, 16, 3) uint8 -> (N, 128, 128, 3) uint8 through the generator."""
         x = torch.from_numpy(np.ascontiguousarray(lr)).permute(0, 3, 1, 2).to(self.device)
-        return to_uint8(self.generator(from_uint8(x))["final"]).permute(0, 2, 3, 1).cpu().numpy()
+        return to_uint8(self.generator(from_uint8(x))["final"]).byte().permute(0, 2, 3, 1).cpu().numpy()
 
     def restore(self, photo: np.ndarray, faces: list[Located] | None = None) -> tuple[np.ndarray, list[FaceRecord]]:
         """(the restored photo, `upscale` times the size of `photo`; one FaceRecord per face, largest first).
@@ -201,7 +216,8 @@ class FaceRestorer:
             except ValueError:
                 rec.status, rec.reason = "skipped", "degenerate_landmarks"
                 continue
-            rec.lr = align.warp_to_template(photo, align.compose(HR_TO_LR, m), size=LR_SIZE)
+            rec.transform = m
+            rec.lr = warp_to_lr(photo, align.compose(HR_TO_LR, m))
             rec.aligned = align.warp_to_template(photo, m)
             rec.sr = self.hallucinate(rec.lr[None])[0]
             hr_to_canvas = align.compose(photo_to_canvas, np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2])
