@@ -82,11 +82,11 @@ def located_in_boxes(rgb: np.ndarray, boxes: list[Box], stage: str, recipe: Reci
                     len(boxes), tuple(b)) for b in boxes]
 
 
-def photo_faces(data: bytes, recipe: Recipe) -> tuple[Decoded, list[Located]]:
+def photo_faces(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tuple[Decoded, list[Located]]:
     """(the photo decoded in full, every face the recipe's search keeps in it, largest first, with its 68 points),
-    boxes and points in that decode's pixels: the faces a `detect.faces = "all"` build makes samples of.
-    Raises DecodeError."""
-    full = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+    boxes and points in that decode's pixels: the faces a `detect.faces = "all"` build makes samples of. `full`:
+    that decode, when the caller has it. Raises DecodeError."""
+    full = full or decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
     found, kept, _ = search_photo(data, recipe, full)
     return full, ([] if found is None else located_in_boxes(full.rgb, kept, found.stage, recipe))
 

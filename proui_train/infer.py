@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import stat
 import time
 from pathlib import Path
@@ -56,8 +57,8 @@ def output_stems(keys: list[str]) -> dict[str, str]:
     """key -> the path its outputs are named by: the key without its suffix, or the whole key when another key
     has the same stem (`x.jpg` and `x.png`)."""
     stems = {k: os.path.splitext(k)[0] for k in keys}
-    taken = [s for s in stems.values()]
-    return {k: s if taken.count(s) == 1 else k for k, s in stems.items()}
+    taken = Counter(stems.values())
+    return {k: s if taken[s] == 1 else k for k, s in stems.items()}
 
 
 def _write(path: Path, rgb: np.ndarray) -> str:
@@ -79,12 +80,10 @@ def infer_photo(restorer: FaceRestorer, root: Path, key: str, stem: str, out: Pa
     base = {"input": key}
     try:
         data = (root / key).read_bytes()
-        if not data:
-            raise DecodeError("empty_file")
-        small = decode_image(data, restorer.recipe.decode.max_pixels, restorer.recipe.decode.max_side)
-        if max(small.rgb.shape[:2]) <= THUMBNAIL_MAX_SIDE:
-            lr = cv2.resize(small.rgb, (LR_SIZE, LR_SIZE), interpolation=cv2.INTER_AREA)
-            rec = FaceRecord(0, (0.0, 0.0, float(small.rgb.shape[1]), float(small.rgb.shape[0])), float("nan"),
+        decoded = decode_image(data, restorer.recipe.decode.max_pixels, restorer.recipe.decode.max_side)
+        if max(decoded.rgb.shape[:2]) <= THUMBNAIL_MAX_SIDE:
+            lr = cv2.resize(decoded.rgb, (LR_SIZE, LR_SIZE), interpolation=cv2.INTER_AREA)
+            rec = FaceRecord(0, (0.0, 0.0, float(decoded.rgb.shape[1]), float(decoded.rgb.shape[0])), float("nan"),
                              "thumbnail", "restored", lr=lr)
             rec.sr = restorer.hallucinate(lr[None])[0]
             rec.seconds = time.perf_counter() - t0
@@ -93,7 +92,7 @@ def infer_photo(restorer: FaceRestorer, root: Path, key: str, stem: str, out: Pa
                    "strip": _write(out / "faces" / f"{stem}_0.png", strip(rec)),
                    "photo_seconds": round(rec.seconds, 4)}
             return
-        decoded, faces = photo_faces(data, restorer.recipe)
+        decoded, faces = photo_faces(data, restorer.recipe, decoded)
     except DecodeError as e:
         yield {**base, "status": "skipped", "reason": f"decode:{e.reason}"}
         return

@@ -34,7 +34,7 @@ from proui_data.schema import HR_SIZE
 LR_SIZE = HR_SIZE // 8  # the model's input side
 from proui_data.search import image_faces
 
-from .runtime import from_uint8, load_generator, pick_device, to_uint8
+from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
 
 # Eyes at most this far apart (photo px): the face is smaller than the template's, a tiny face (see module doc).
 TINY_EYE_DISTANCE = align.TEMPLATE_EYE_DISTANCE
@@ -153,7 +153,8 @@ def paste_face(canvas: np.ndarray, sr: np.ndarray, mask: np.ndarray, hr_to_canva
 class FaceRestorer:
     """detect -> align -> restore -> paste back for one generator (see the module docstring).
 
-    `model`: a generator module, or a path `load_generator` reads (a release folder or file, a run); `template`:
+    `model`: a generator module (moved to `device`, put in eval mode), or a path `load_generator` reads (a release
+    folder or file, a run); `template`:
     the frame the model was trained in (None: the one its weights record, `runtime.model_template`, for a path;
     "celeba" for a module); `downscale`: restore faces larger than tiny at 16x16 too; `upscale`: the restored
     photo is this many times the input's size.
@@ -162,8 +163,6 @@ class FaceRestorer:
     def __init__(self, model: nn.Module | str | Path, template: str | None = None, *, device: str = "auto",
                  downscale: bool = False, upscale: int = 1,
                  min_eye_distance: float = DEFAULT_MIN_EYE_DISTANCE) -> None:
-        from .runtime import model_template
-
         self.device = pick_device(device)
         if isinstance(model, (str, Path)):
             template = model_template(model, template)
