@@ -154,10 +154,10 @@ class FaceRestorer:
     """detect -> align -> restore -> paste back for one generator (see the module docstring).
 
     `model`: a generator module (moved to `device`, put in eval mode), or a path `load_generator` reads (a release
-    folder or file, a run); `template`:
-    the frame the model was trained in (None: the one its weights record, `runtime.model_template`, for a path;
-    "celeba" for a module); `downscale`: restore faces larger than tiny at 16x16 too; `upscale`: the restored
-    photo is this many times the input's size.
+    folder or file, a run); `template`: the frame the model was trained in (None: the one its weights record,
+    `runtime.model_template`, for a path; "celeba" for a module); `downscale`: restore faces larger than tiny at
+    16x16 too; `upscale`: the restored photo is this many times the input's size; `min_eye_distance`: the smallest
+    face searched (eyes this many px apart).
     """
 
     def __init__(self, model: nn.Module | str | Path, template: str | None = None, *, device: str = "auto",
