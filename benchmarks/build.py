@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 from distributed import get_task_stream
 
-from proui_data import align, detect, pipeline, store
+from proui_data import align, detect, pipeline, search, store
 from proui_data.pipeline import fields_for, plan_build, process_item
 from proui_data.recipe import DetectRecipe, load_recipe
 from proui_data.runner import dask_client, run_plan
@@ -254,10 +254,10 @@ def ceiling(source: Source, recipe, items: list[Item], procs: int) -> tuple[floa
 
 
 # stage -> (module, function): the names the build calls them by
-# stage -> the functions it times, as (module, name) where callers look them up (the pipeline imports `detect` by
-# name for a faces = "all" build's detection pass; the predictor inside the recheck counts as landmarks)
-STAGES = {"decode": [(pipeline, "decode_image")],
-          "detect": [(detect, "detect"), (pipeline, "detect"), (pipeline, "blazeface_faces")],
+# stage -> the functions it times, as (module, name) where callers look them up (the face search, `search`, imports
+# `detect` and `decode_image` by name; the predictor inside the recheck counts as landmarks)
+STAGES = {"decode": [(pipeline, "decode_image"), (search, "decode_image")],
+          "detect": [(detect, "detect"), (search, "detect"), (search, "blazeface_faces")],
           "landmarks": [(detect, "predict_in_box")], "align": [(align, "warp_to_template")],
           "degrade": [(pipeline, "degrade")], "priors": [(pipeline, "add_priors")],
           "occlusion": [(pipeline, "occlude_sample")], "compress/write": [(store, "write_shard")]}

@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from proui_data import blazeface, detect, pipeline  # noqa: E402
+from proui_data import blazeface, detect, search  # noqa: E402
 from proui_data.decode import decode_image  # noqa: E402
 from proui_data.recipe import DEFAULT_MIN_EYE_DISTANCE, load_recipe  # noqa: E402
 from proui_data.sources.helen import read_pts  # noqa: E402
@@ -160,11 +160,11 @@ def fan_row(items, data) -> str:
 
 def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
     """BlazeFace's raw boxes (its own framing) in `rgb`'s pixels, searched as the folder recipe searches: on the
-    photo's bytes decoded reduced (`pipeline.search_decode`), for faces down to its 20.6-px eyes."""
+    photo's bytes decoded reduced (`search.search_decode`), for faces down to its 20.6-px eyes."""
     recipe = folder_recipe()
-    small = pipeline.search_decode(data, recipe)
+    small = search.search_decode(data, recipe)
     k = small.scale / small.full_scale
-    scale = pipeline.detect_scale(recipe, small.scale / small.full_scale)
+    scale = search.detect_scale(recipe, small.scale / small.full_scale)
     return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, detect.HOG_MIN_BOX / scale)]
 
 
@@ -268,9 +268,9 @@ def search(rgb: np.ndarray, data: bytes, upsample: int, min_face: bool, fallback
            recheck: bool, blazeface: bool, kept: bool = False):
     """(the Detection of the largest-face choice, or None; with `kept` also the faces a faces = "all" build keeps)
     in `rgb`'s pixels, searched as a build searches: the BlazeFace search from the photo's bytes (decoded reduced,
-    `pipeline.search_photo`: its decoding counts), the others on the decoded photo."""
+    `search.search_photo`: its decoding counts), the others on the decoded photo."""
     if blazeface:
-        found, faces, _ = pipeline.search_photo(data, folder_recipe(upsample, min_face, fallback, min_eye, recheck,
+        found, faces, _ = search.search_photo(data, folder_recipe(upsample, min_face, fallback, min_eye, recheck,
                                                                     blazeface))
         return (found, faces) if kept else found
     scale = detect.search_scale(min_eye) if min_face else None
@@ -296,7 +296,7 @@ def compare(helen, helen_bytes: list[bytes], wild: list[np.ndarray], wild_bytes:
     # load every model before timing (MMOD too: the fallback chain loads it on its first miss)
     detect.predict_in_box(wild[0], (0, 0, 80, 80))
     detect.mmod_boxes(wild[0])
-    pipeline.search_photo(wild_bytes[0], folder_recipe())  # this thread's interpreters
+    search.search_photo(wild_bytes[0], folder_recipe())  # this thread's interpreters
     print(f"Helen test {len(helen)} photos, wild {len(wild)} photos; one core (OMP_NUM_THREADS=1); "
           f"load average {os.getloadavg()[0]:.2f} at start; new min eye distance {DEFAULT_MIN_EYE_DISTANCE} px "
           f"(search scale {detect.search_scale(DEFAULT_MIN_EYE_DISTANCE):.2f})")

@@ -26,12 +26,12 @@ from tqdm import tqdm
 from . import align, store
 from .decode import DecodeError, Decoded, decode_image
 from .degrade import degrade
-from .blazeface import INPUT as BLAZEFACE_INPUT, MIN_BOX
-from .detect import (HOG_MIN_BOX, Box, Detection, Located, NoFace, blazeface_faces, detect, faces_kept,
-                     landmark_source, locate_face, locate_faces, rescaled, search_scale)
+from .detect import Box, Located, NoFace, landmark_source, locate_face, locate_faces
 from .occlusion import Occlusion, OcclusionConfig, occlude
 from .priors import add_priors
 from .recipe import Recipe
+from .search import (detect_scale, landmark_backend, search_decode, search_options,  # noqa: F401 - re-exported
+                     search_photo, search_reduction)
 from .schema import ALL_SPLITS, HR_SIZE, Field, core_fields, occlusion_fields, prior_fields
 from .sources import Item, Source
 from .sources.base import skip_summary
@@ -72,29 +72,9 @@ def _scaled(x: np.ndarray | None, s: float) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.float64) * s
 
 
-def detect_scale(recipe: Recipe, s: float = 1.0) -> float | None:
-    """The scale HOG searches at on an image of `s` px per px of the photo as decoded in full, where the floor
-    `detect.min_eye_distance` holds (BlazeFace derives its own scale from it, `detect.detect`); None: at
-    `upsample` levels."""
-    det = recipe.detect
-    return search_scale(det.min_eye_distance * s) if det.search in ("min-face", "blazeface") else None
-
-
-def search_options(recipe: Recipe) -> dict[str, Any]:
-    """The detector chain's options that a recipe sets, as keywords of `detect.detect` / `locate_face(s)` (all but
-    the per-image HOG `scale`, `detect_scale`)."""
-    det = recipe.detect
-    return {"upsample": det.upsample, "fallback": det.fallback, "recheck": bool(det.recheck),
-            "blazeface": det.search == "blazeface"}
-
-
 def all_faces(recipe: Recipe) -> bool:
     """Whether every detected face of a photo is a sample (`detect.faces = "all"`), not only the largest."""
     return recipe.detect.faces == "all"
-
-
-def landmark_backend(recipe: Recipe) -> str:
-    return "face-alignment" if recipe.detect.landmarks == "face-alignment" else "dlib"
 
 
 def uses_detector(item: Item, recipe: Recipe) -> bool:
@@ -290,42 +270,6 @@ CHECKPOINT_SECONDS = 60.0
 DETECTIONS = store.DETECTIONS
 NO_FACE = "none"  # the stage recorded for a photo where the pass found no face
 PhotoFaces = dict[str, Any] | None
-
-
-def search_reduction(recipe: Recipe) -> float:
-    """How far a photo's decode may be reduced for the recipe's face search (`decode_image`'s `reduce`): BlazeFace's
-    finest copy, where the smallest accepted face is `blazeface.MIN_BOX` px; 1 (a full decode) for HOG."""
-    if recipe.detect.search != "blazeface":
-        return 1.0
-    return MIN_BOX * search_scale(recipe.detect.min_eye_distance) / HOG_MIN_BOX
-
-
-def search_decode(data: bytes, recipe: Recipe) -> Decoded:
-    """A photo decoded for the recipe's face search: reduced as far as `search_reduction` allows (JPEG DCT
-    scaling), the long side kept at least BlazeFace's input."""
-    return decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
-                        BLAZEFACE_INPUT)
-
-
-def search_photo(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tuple[Detection | None, list[Box], float]:
-    """(what the recipe's detector chain finds in a photo's bytes, None if no face; the faces a `detect.faces =
-    "all"` build keeps of it, `detect.faces_kept`; the scale of a full decode), boxes in a full decode's pixels.
-
-    With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: 1/2 on
-    the wild photos, less than half the decoding), and in full only when BlazeFace finds no face there (HOG needs
-    every pixel); `full`: that full decode, when the caller has it. Raises DecodeError.
-    """
-    options = search_options(recipe)
-    decoded = search_decode(data, recipe)
-    if decoded.reduced:
-        found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale / decoded.full_scale))
-        if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)
-            found = rescaled(found, decoded.scale / decoded.full_scale)
-            return found, faces_kept(decoded.rgb, found), decoded.full_scale
-        decoded = full or decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
-    found = detect(decoded.rgb, scale=detect_scale(recipe), **options)
-    kept = faces_kept(decoded.rgb, found, options["recheck"]) if found is not None else []
-    return found, kept, decoded.scale
 
 
 def searches_bytes(item: Item, recipe: Recipe) -> bool:

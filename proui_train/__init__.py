@@ -1,0 +1,10 @@
+"""Pro-UIGAN face hallucination: training, evaluation and restoring faces in photos.
+
+    from proui_train import ProUIGAN, restore
+    model = ProUIGAN.from_pretrained("weights/proui-celeba-cpu")
+    restored, faces = restore(photo_rgb, model)  # RGB uint8 (H, W, 3) in and out; one FaceRecord per face
+"""
+from .models import ProUIGAN
+from .restore import FaceRecord, FaceRestorer, restore
+
+__all__ = ["FaceRecord", "FaceRestorer", "ProUIGAN", "restore"]

@@ -14,10 +14,11 @@ from proui_data.align import TEMPLATES
 from .checkpoint import load_checkpoint
 from .config import ConfigError, config_from_dict, load_config
 from .evaluate import evaluate
-from .infer import infer_paths
+from .infer import InferError, infer_paths
 from .release import PublishError, publish_weights, save_release
 from .report import picture_grid, plot_curves
-from .runtime import generator_from_checkpoint
+from .restore import DEFAULT_MIN_EYE_DISTANCE
+from .runtime import generator_from_checkpoint, run_template
 from .train import TrainingStopped, train
 
 
@@ -137,6 +138,8 @@ def release(run_dir, out_dir, card, metrics_path, check_path):
     ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
     generator = generator_from_checkpoint(ck)
     extra = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
+    if (template := run_template(ck)) is not None:  # infer and eval read the frame from the release
+        extra["template"] = template
     if metrics_path:
         extra["metrics"] = json.loads(Path(metrics_path).read_text())
     if check_path:
@@ -162,17 +165,34 @@ def publish(folder, repo_id, dry_run, private):
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Release folder or its model.safetensors, or a run / checkpoint folder.")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True), help="An image or a folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--template", default="celeba", show_default=True, type=click.Choice(list(TEMPLATES)),
-              help="The frame the model was trained in (its model card says; fsrnet: the FSRNet sets' frame).")
-def infer(checkpoint, input_path, out_dir, device, template):
-    """Detect, align, downsample (16x16 inputs are taken as is), hallucinate; write side-by-side PNGs."""
-    rows = infer_paths(checkpoint, input_path, out_dir, device, template)
+@click.option("--template", type=click.Choice(list(TEMPLATES)),
+              help="Override the frame the model was trained in (default: the one its weights record).")
+@click.option("--downscale", is_flag=True,
+              help="Also restore faces larger than tiny (eyes > 27.5 px), shrunk to 16x16 first (benchmark mode).")
+@click.option("--upscale", default=1, show_default=True, type=click.IntRange(1, 8),
+              help="The restored photo is N times the input (bicubic background).")
+@click.option("--min-eye-distance", default=DEFAULT_MIN_EYE_DISTANCE, show_default=True, type=click.FloatRange(1),
+              help="Smallest face searched: eyes this many px apart.")
+def infer(checkpoint, input_path, out_dir, device, template, downscale, upscale, min_eye_distance):
+    """Restore every face of every photo: search, align to 16x16, hallucinate, paste back. Writes
+    OUT/restored/ (whole photos), OUT/faces/ (input | output | aligned original) and OUT/results.jsonl."""
+    try:
+        rows = infer_paths(checkpoint, input_path, out_dir, device, template, downscale, upscale, min_eye_distance)
+    except InferError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     for r in rows:
-        click.echo(f"{r['input']}: {r['status']}" + (f" -> {r['output']}" if r.get("output") else ""))
+        face = f"#{r['face']} " if "face" in r else ""
+        eye = f"eyes {r['eye_distance']:.1f} px, {r['mode']}: " if r.get("eye_distance") is not None else ""
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        click.echo(f"{r['input']} {face}{eye}{r['status']}{why}" + (f" -> {r['restored']}" if r.get("restored") else ""))
+    restored = sum(r["status"] == "restored" for r in rows)
+    click.echo(f"{restored} face(s) restored; wrote {Path(out_dir) / 'results.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from proui_data.schema import HR_SIZE
 
 from .metrics import quality
 from .report import bicubic
-from .runtime import from_uint8, load_generator, pick_device, to_uint8
+from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
 
 log = logging.getLogger(__name__)
 FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen": ("helen_val_50_HR", "helen_val_50_LR_8x")}
@@ -231,11 +231,25 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
     results: dict[str, Any] = {"method": baseline or str(checkpoint)}
+    frame = None if baseline else model_template(checkpoint)  # the frame the weights record
+    if frame is not None:
+        results["template"] = frame
     if benchmark:
+        _check_frame(frame, "fsrnet", f"the FSRNet sets in {benchmark}")
         root = Path(benchmark)
         for name, (hr_dir, _) in FSRNET_SETS.items():
             if (root / hr_dir).is_dir():
                 results[name] = evaluate_fsrnet(root, name, predict, identity, limit=limit)
     if store:
+        import zarr
+
+        _check_frame(frame, (zarr.open_group(store, mode="r").attrs.get("template") or {}).get("name", "celeba"), store)
         results[f"store/{split}"] = evaluate_store(store, split, predict, identity, input_name=store_input)
     return results
+
+
+def _check_frame(model: str | None, data: str, where: str) -> None:
+    """Warn when a model is evaluated on faces aligned to another template than the one it was trained in."""
+    if model is not None and model != data:
+        log.warning("the model was trained in the %r frame but %s is in the %r frame: its faces are out of the "
+                    "model's frame (figures not comparable to a model trained in it)", model, where, data)

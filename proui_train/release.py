@@ -62,6 +62,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
+def recorded_template(path: str | Path) -> str | None:
+    """The template (frame) a release's generator was trained in: its weights' metadata `template`, else the
+    `template:` line of its card's front matter (releases made before the metadata had it); None if neither."""
+    meta = read_metadata(path)
+    if "template" in meta:
+        return meta["template"]
+    card = weights_path(path).parent / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    import yaml  # huggingface_hub's dependency, for its own cards
+
+    return (yaml.safe_load(text[4:text.index("\n---", 4)]) or {}).get("template")
+
+
 def load_weights_file(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
     """(training config, state dict) of a release."""
     meta = read_metadata(path)

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +18,15 @@ from .config import ModelConfig, TrainConfig, config_from_dict
 from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
-from .release import is_weights_file, load_weights_file
+from .release import is_weights_file, load_weights_file, recorded_template
 
 if TYPE_CHECKING:
     from .models.pro_uigan import HeatmapEstimator
 
 ARCHS = ("proui", "plain")
+DEFAULT_TEMPLATE = "celeba"
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -78,3 +82,31 @@ def _loaded(cfg: TrainConfig, state: dict, device: torch.device | str) -> nn.Mod
     g.load_state_dict(state)
     return g.to(device).eval()
 
+
+
+def run_template(ck: dict) -> str | None:
+    """The template a run was trained in: the one its training store records (None when the store is gone)."""
+    from proui_data.store import open_root
+
+    store = (ck.get("config") or {}).get("data", {}).get("store")
+    try:
+        return (open_root(store).attrs.get("template") or {}).get("name", DEFAULT_TEMPLATE) if store else None
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return None
+
+
+def model_template(path: str | Path, override: str | None = None) -> str:
+    """The frame (`proui_data.align` template) the generator at `path` was trained in: a release's recorded one
+    (weights metadata or card), a run's training store's; `override` wins, with a warning when it disagrees. With
+    neither, DEFAULT_TEMPLATE and a warning."""
+    recorded = recorded_template(path) if is_weights_file(path) else run_template(load_checkpoint(path))
+    if override is not None:
+        if recorded is not None and recorded != override:
+            log.warning("%s was trained in the %r frame; --template %s overrides it (faces will be framed unlike "
+                        "its training data)", path, recorded, override)
+        return override
+    if recorded is None:
+        log.warning("%s records no template; assuming %r (give --template if it was trained in another frame)",
+                    path, DEFAULT_TEMPLATE)
+        return DEFAULT_TEMPLATE
+    return recorded

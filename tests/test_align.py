@@ -75,14 +75,16 @@ def test_build_in_the_fsrnet_frame(tmp_path):
     assert verify_store(str(out))[0] == []
 
 
-def test_infer_aligns_to_the_models_frame(tmp_path):
-    from fixtures import demo_photo, write_jpeg
+def test_infer_aligns_to_the_models_frame():
+    from fixtures import demo_photo
     from proui_data.detect import locate_face
-    from proui_train.infer import prepare
+    from proui_train.models import ProUIGAN
+    from proui_train.restore import FaceRestorer
 
-    write_jpeg(tmp_path / "hopper.jpg", demo_photo("grace_hopper.jpg"))
+    photo = demo_photo("grace_hopper.jpg")
     for name in ("celeba", "fsrnet"):
-        lr, hr = prepare(tmp_path / "hopper.jpg", name)
+        _, [rec] = FaceRestorer(ProUIGAN(), name, device="cpu", downscale=True).restore(photo)
+        lr, hr = rec.lr, rec.aligned
         assert lr.shape == (16, 16, 3)
         found = locate_face(hr, given_box=align.template_box(name))
         eyes = align.landmarks68_to_5(found.landmarks)[:2]

@@ -142,10 +142,10 @@ def test_clear_errors_without_the_model_or_the_runtime(monkeypatch, tmp_path):
 
 
 def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_path, monkeypatch):
-    """`pipeline.search_photo`: BlazeFace searches the JPEG decoded at 1/2 (DCT scaling), its boxes come back in a
+    """`search.search_photo`: BlazeFace searches the JPEG decoded at 1/2 (DCT scaling), its boxes come back in a
     full decode's pixels, close to a search of the full decode; a photo where it finds no face is decoded in full
     for HOG."""
-    from proui_data import decode, pipeline
+    from proui_data import decode, search
     from proui_data.recipe import load_recipe
 
     canvas = np.full((700, 900, 3), 110, np.uint8)
@@ -161,13 +161,13 @@ def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_
         d = real(*args, **kwargs)
         widths.append(d.rgb.shape[1])
         return d
-    monkeypatch.setattr(pipeline, "decode_image", spy)
-    found, kept, s = pipeline.search_photo((tmp_path / "x.jpg").read_bytes(), recipe)
+    monkeypatch.setattr(search, "decode_image", spy)
+    found, kept, s = search.search_photo((tmp_path / "x.jpg").read_bytes(), recipe)
     assert widths == [450] and s == 1.0  # 1/2 keeps the finest copy (0.405 of the photo): one reduced decode
     assert found.stage == "blazeface" and kept == found.boxes and len(kept) == 1
     full = real((tmp_path / "x.jpg").read_bytes())
-    ref = detect.detect(full.rgb, 0, False, pipeline.detect_scale(recipe), blazeface=True)
+    ref = detect.detect(full.rgb, 0, False, search.detect_scale(recipe), blazeface=True)
     assert detect.box_iou(found.boxes[0], ref.boxes[0]) > 0.9
     widths.clear()
-    assert pipeline.search_photo((tmp_path / "blank.jpg").read_bytes(), recipe) == (None, [], 1.0)
+    assert search.search_photo((tmp_path / "blank.jpg").read_bytes(), recipe) == (None, [], 1.0)
     assert widths == [450, 900]  # no face at 1/2: HOG searched the full decode

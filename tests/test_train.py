@@ -103,19 +103,21 @@ def test_cli_run_eval_infer(demo_store, tmp_path):
     for k in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_in", "psnr_y_out", "nme", "identity_cosine"):
         assert np.isfinite(m[k]), k
     assert m["n"] == 2 and -1.0 <= m["identity_cosine"] <= 1.0
-    # infer: a photo (detected, aligned) and a 16x16 thumbnail (taken as is)
+    # infer: a photo (its face detected, aligned, shrunk to 16x16 with --downscale) and a 16x16 thumbnail (as is)
     inputs = tmp_path / "inputs"
     write_jpeg(inputs / "hopper.jpg", demo_photo("grace_hopper.jpg"))
     import cv2
 
     cv2.imwrite(str(inputs / "thumb.png"), cv2.resize(demo_photo("astronaut.jpg"), (16, 16), interpolation=cv2.INTER_AREA))
     (inputs / "broken.jpg").write_bytes(b"not an image")
-    r = CliRunner().invoke(cli, ["infer", "--checkpoint", str(run_dir), "--input", str(inputs), "--out", str(tmp_path / "sr")])
+    r = CliRunner().invoke(cli, ["infer", "--checkpoint", str(run_dir), "--input", str(inputs), "--out", str(tmp_path / "sr"),
+                                 "--downscale"])
     assert r.exit_code == 0, r.output
-    assert "broken.jpg: skipped: decode:corrupt" in r.output
-    hop = cv2.imread(str(tmp_path / "sr" / "hopper_proui.png"))
-    thumb = cv2.imread(str(tmp_path / "sr" / "thumb_proui.png"))
+    assert "broken.jpg skipped (decode:corrupt)" in r.output
+    hop = cv2.imread(str(tmp_path / "sr" / "faces" / "hopper_0.png"))
+    thumb = cv2.imread(str(tmp_path / "sr" / "faces" / "thumb_0.png"))
     assert hop.shape == (128, 384, 3) and thumb.shape == (128, 256, 3)
+    assert cv2.imread(str(tmp_path / "sr" / "restored" / "hopper.png")).shape == demo_photo("grace_hopper.jpg").shape
 
 
 def test_eval_store_clean_or_occluded_input(demo_store):

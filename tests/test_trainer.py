@@ -140,7 +140,7 @@ def test_release_round_trip_and_from_pretrained(demo_store, tmp_path):
     r = CliRunner().invoke(cli, ["release", str(run), "--out", str(rel)])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in rel.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    assert read_metadata(rel)["step"] == 2
+    assert read_metadata(rel)["step"] == 2 and read_metadata(rel)["template"] == "celeba"  # its store's frame
     cfg_back, state = load_weights_file(rel / "model.safetensors")
     assert cfg_back.model.residual is True
     lr = torch.rand(1, 3, 16, 16) * 2 - 1
