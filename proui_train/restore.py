@@ -30,11 +30,11 @@ from proui_data import align
 from proui_data.detect import Located
 from proui_data.recipe import Recipe, load_recipe
 from proui_data.schema import HR_SIZE
-
-LR_SIZE = HR_SIZE // 8  # the model's input side
 from proui_data.search import image_faces
 
 from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
+
+LR_SIZE = HR_SIZE // 8  # the model's input side
 
 # Eyes at most this far apart (photo px): the face is smaller than the template's, a tiny face (see module doc).
 TINY_EYE_DISTANCE = align.TEMPLATE_EYE_DISTANCE
