@@ -471,7 +471,7 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
         raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
     splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
     # keys are stored text: a file name that is not UTF-8 (helen; folder escapes its own) gets its escaped key
-    splits = {s: [dataclasses.replace(it, key=name_key(it.key)) if not it.key.isascii() else it for it in items]
+    splits = {s: [it if (k := name_key(it.key)) == it.key else dataclasses.replace(it, key=k) for it in items]
               for s, items in splits.items()}
     splits = {s: v for s, v in splits.items() if v}
     root = None

@@ -56,7 +56,7 @@ def dataset_folders(name: str) -> tuple[str, ...]:
     the local dataset folder, or for a hub id its hub cache folder and the datasets download folder (archives
     extracted there)."""
     if Path(name).exists():
-        return (os.path.realpath(name),)
+        return (os.path.realpath(name if Path(name).is_dir() else Path(name).parent),)
     from datasets import config
     from huggingface_hub import constants
 
