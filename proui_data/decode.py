@@ -3,7 +3,8 @@
 Handles EXIF orientation, CMYK, 16-bit and float images, palette/alpha images, grayscale, truncated or
 corrupt files, and decompression bombs. Images larger than `max_side` are reduced on decode; the returned
 `scale` (decoded pixels per source pixel) keeps coordinates exact, so the stored `transform` still maps
-source-image pixels (in EXIF-corrected orientation) to HR pixels.
+source-image pixels (in EXIF-corrected orientation) to HR pixels. Conversions run in strips of
+`STRIP_PIXELS`, so a large photo costs its decoded Pillow image and little more (benchmarks/decode_memory.py).
 """
 from __future__ import annotations
 
@@ -40,23 +41,55 @@ class Decoded:
         return self.scale < self.full_scale
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # grayscale modes wider than 8 bits
+STRIP_PIXELS = 1 << 18  # images are converted (to 8 bits, to numpy) in strips of this many pixels
+
+
+def _wide_gray_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as L: 16-bit maps 0-65535, the others their own min-max,
+    onto 0-255 (rounded). Strip by strip: the float64 temporaries are a strip's, not the image's."""
+    w, h = img.size
+    lo, hi = (0.0, 65535.0) if img.mode.startswith("I;16") else (float(v) for v in img.getextrema())
+    out = np.zeros((h, w), np.uint8)
+    if hi > lo:
+        rows = max(1, STRIP_PIXELS // w)
+        for y in range(0, h, rows):
+            strip = np.asarray(img.crop((0, y, w, min(h, y + rows))), dtype=np.float64)
+            strip -= lo
+            strip *= 255.0 / (hi - lo)
+            strip += 0.5
+            out[y:y + rows] = np.clip(strip, 0, 255, out=strip)
+    return Image.fromarray(out)
+
+
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of an RGB or L image, copied strip by strip (Pillow's `tobytes` of a whole image would
+    hold two copies at once)."""
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // w)
+    if rows >= h:  # one strip: the image itself
+        arr = np.asarray(img)
+        return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
+    out = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, rows):
+        strip = np.asarray(img.crop((0, y, w, min(h, y + rows))))
+        out[y:y + rows] = strip[..., None] if strip.ndim == 2 else strip
+    return out
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """RGB, or L for a grayscale source (made RGB once reduced to `max_side`: a third of the memory)."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in WIDE_GRAY:
+        return _wide_gray_to_l(img)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Transparent pixels carry no face: composite on mid grey rather than on black or white extremes.
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if mode == "RGB":
+    if mode in ("RGB", "L"):
         return img
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")  # 1, P, CMYK, YCbCr, LAB, HSV
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
@@ -84,7 +117,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
                 img.draft("RGB", (math.ceil(w * keep), math.ceil(h * keep)))  # libjpeg keeps at least this size
             img.load()
             loaded_size = img.size
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # not in place, an upright image is copied whole
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -98,13 +131,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
     # The source frame is the EXIF-oriented one: a 90-degree orientation swaps the axes.
     swapped = img.size != loaded_size
     src_w, src_h = (h, w) if swapped else (w, h)
-    rgb = _to_rgb(img)
-    if max(rgb.size) > max_side:
-        f = max_side / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.size[0] * f)), max(1, round(rgb.size[1] * f))), Image.LANCZOS)
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 8:
-        raise DecodeError("too_small", f"decoded shape {arr.shape}")
-    scale = arr.shape[1] / src_w
-    return Decoded(rgb=np.ascontiguousarray(arr), scale=scale, source_size=(src_w, src_h),
-                   full_scale=full_scale or scale)
+    img = _to_8bit(img)
+    if max(img.size) > max_side:
+        f = max_side / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.LANCZOS)
+    if min(img.size) < 8:
+        raise DecodeError("too_small", f"decoded shape {(img.size[1], img.size[0], 3)}")
+    scale = img.size[0] / src_w
+    return Decoded(rgb=_rgb_array(img), scale=scale, source_size=(src_w, src_h), full_scale=full_scale or scale)

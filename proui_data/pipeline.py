@@ -34,7 +34,7 @@ from .search import (detect_scale, landmark_backend, search_decode, search_optio
                      search_photo, search_reduction)
 from .schema import ALL_SPLITS, HR_SIZE, Field, core_fields, occlusion_fields, prior_fields
 from .sources import Item, Source
-from .sources.base import skip_summary
+from .sources.base import name_key, skip_summary
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +414,9 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
     if split != ALL_SPLITS and split not in source.splits():
         raise ValueError(f"split {split!r} not in this source (it has {source.splits()})")
     splits = {s: source.items(s)[:limit] if limit else source.items(s) for s in names}
+    # keys are stored text: a file name that is not UTF-8 (helen; folder escapes its own) gets its escaped key
+    splits = {s: [it if (k := name_key(it.key)) == it.key else dataclasses.replace(it, key=k) for it in items]
+              for s, items in splits.items()}
     splits = {s: v for s, v in splits.items() if v}
     root = None
     if not overwrite:

@@ -4,7 +4,8 @@ parquet (default): one config per store, one split per store group, files
 `data/<config>/<split>-00000-of-0000N.parquet` of about `max_file_bytes` each, written streaming with
 pyarrow's ParquetWriter (memory: one store shard + one row group) under temporary names and renamed
 once the count is known. zarr: the store's files under `data/<config>.zarr/`. Both come with a
-generated card (`README.md`) and a preview image.
+generated card (`README.md`) and a preview image. Nothing outside the store is read: a local store holding a
+link that leads out of it is refused.
 
 The token comes from the standard places only (`HF_TOKEN`, the `huggingface_hub` login cache) and is
 never printed, logged or written: every error of the upload is re-raised with the token scrubbed.
@@ -210,6 +211,27 @@ def export_parquet(url: str, root, staging: Path, config: str, *, with_heatmaps:
 
 # --- zarr ------------------------------------------------------------------------------------------------------------
 
+def local_folder(url: str) -> Path | None:
+    """The local folder of a store URL (a path or `file://`), None for a remote store."""
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return Path(path) if "://" not in path and Path(path).is_dir() else None
+
+
+def store_files(folder: Path) -> dict[str, Path]:
+    """A local store's files (store-relative POSIX path -> file). A link is followed only to a file inside the
+    store: any other (out of it, to a folder, dangling) raises PublishError naming it."""
+    inside = folder.resolve()
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        real = p.resolve() if p.is_symlink() else p
+        if real is not p and not (real.is_relative_to(inside) and real.is_file()):
+            raise PublishError(f"{p} is a link to {real}, which is not a file inside the store {folder}: publish "
+                               "sends only the store's own files; replace the link by the file (cp -L) or remove it")
+        if real.is_file():
+            files[p.relative_to(folder).as_posix()] = real
+    return files
+
+
 def export_zarr(url: str, root, staging: Path, config: str, copy: bool,
                 storage_options: dict | None = None) -> Export:
     """The store's files under `data/<config>.zarr/`; local files are referenced in place unless `copy`."""
@@ -217,17 +239,16 @@ def export_zarr(url: str, root, staging: Path, config: str, copy: bool,
 
     out = Export()
     prefix = f"data/{config}.zarr"
-    local = Path(url)
-    if local.is_dir():
-        for p in sorted(local.rglob("*")):
-            if p.is_file():
-                rel = f"{prefix}/{p.relative_to(local).as_posix()}"
-                if copy:
-                    dst = staging / rel
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(p, dst)
-                    p = dst
-                out.files[rel] = p
+    local = local_folder(url)
+    if local is not None:
+        for name, p in store_files(local).items():
+            rel = f"{prefix}/{name}"
+            if copy:
+                dst = staging / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dst)
+                p = dst
+            out.files[rel] = p
     else:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         path = path.rstrip("/")
@@ -254,6 +275,8 @@ def check_store(url: str, storage_options: dict | None = None):
         raise PublishError(f"cannot open store {url}: {e}") from None
     if root.attrs.get("proui_format") is None:
         raise PublishError(f"{url}: not a proui store (no proui_format attribute)")
+    if (local := local_folder(url)) is not None:
+        store_files(local)  # a link out of the store is refused before any of it is read
     splits = store.splits_of(root)
     if not splits:
         raise PublishError(f"{url}: the store has no split")

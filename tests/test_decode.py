@@ -54,6 +54,60 @@ def test_16bit_png_is_scaled_to_8bit():
     assert abs(int(d.rgb[24, 32, 0]) - round(v[24, 32] / 257)) <= 1
 
 
+def test_16bit_png_matches_opencvs_conversion():
+    """Every 16-bit value v becomes round(v / 257), as OpenCV decodes and scales the same file; in several strips."""
+    import cv2
+
+    from proui_data import decode
+
+    v = np.random.default_rng(0).integers(0, 65536, (61, 83), dtype=np.uint16)
+    v[0, :4] = [0, 128, 129, 65535]  # the ends and the first rounding step (128 -> 0, 129 -> 1)
+    data = _encode(Image.fromarray(v), "PNG")
+    reference = cv2.convertScaleAbs(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), alpha=1 / 257)
+    assert list(reference[0, :4]) == [0, 0, 1, 255]
+    for strip in (decode.STRIP_PIXELS, 83 * 7):
+        decode.STRIP_PIXELS, saved = strip, decode.STRIP_PIXELS
+        try:
+            d = decode.decode_image(data)
+        finally:
+            decode.STRIP_PIXELS = saved
+        for c in range(3):
+            np.testing.assert_array_equal(d.rgb[..., c], reference)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "L"])
+def test_large_grayscale_is_reduced_as_pillow_reduces_its_rgb(mode):
+    """A grayscale photo over max_side is reduced before it is made RGB: the same pixels as reducing the RGB."""
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 65536 if mode == "I;16" else 256, (150, 400))
+    gray = values.astype(np.uint16 if mode == "I;16" else np.uint8)
+    eight = ((values + 128) // 257).astype(np.uint8) if mode == "I;16" else gray
+    expected = Image.fromarray(eight).convert("RGB").resize((100, 38), Image.LANCZOS)
+    d = decode_image(_encode(Image.fromarray(gray), "PNG"), max_side=100)
+    np.testing.assert_array_equal(d.rgb, np.asarray(expected))
+    assert d.scale == 0.25 and d.source_size == (400, 150)
+
+
+def test_16bit_decode_has_no_full_size_float_copy(monkeypatch):
+    """numpy's peak over a 16-bit decode: the 8-bit image and one strip, not float64 copies of the whole image."""
+    import tracemalloc
+
+    from proui_data import decode
+
+    monkeypatch.setattr(decode, "STRIP_PIXELS", 1 << 16)
+    ramp = np.linspace(0, 65535, 1600, dtype=np.float64)[None, :] + np.zeros((1200, 1))
+    data = _encode(Image.fromarray(ramp.astype(np.uint16)), "PNG")
+    tracemalloc.start()
+    try:
+        d = decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert d.rgb.shape == (1200, 1600, 3)
+    # the 8-bit image and the RGB result: 4 B/px and a strip (the float64 conversion took 24 B/px)
+    assert peak < 4.5 * 1600 * 1200
+
+
 def test_rgba_is_composited_on_grey():
     rgba = np.zeros((48, 64, 4), np.uint8)
     rgba[..., :3] = 200

@@ -310,6 +310,58 @@ def test_token_never_leaks(demo_store, local_hub, tmp_path, caplog, capsys):
     assert written and not any(token.encode() in content for content in written)
 
 
+@pytest.fixture
+def linked_store(demo_store, tmp_path):
+    """A copy of the demo store holding a link to a file outside it (and the bytes of that file)."""
+    import shutil
+
+    url = tmp_path / "linked.zarr"
+    shutil.copytree(demo_store, url)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside-the-store " + secrets.token_hex(8).encode())
+    (url / "train" / "notes.txt").symlink_to(secret)
+    return url, secret.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_a_link_out_of_the_store_is_refused_and_nothing_outside_is_read(linked_store, tmp_path, fmt):
+    url, secret = linked_store
+    out = tmp_path / "repo"
+    with pytest.raises(PublishError, match=r"notes.txt is a link to .*secret.txt, which is not a file inside"):
+        publish(str(url), "org/faces", dry_run=out, fmt=fmt)
+    assert not any(secret in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "secret.txt"
+                   and not p.is_symlink())
+    r = CliRunner().invoke(publish_command, [str(url), "--repo", "org/faces", "--format", fmt, "--dry-run", str(out)])
+    assert r.exit_code == 2 and "error: " in r.output and "notes.txt is a link to" in r.output
+
+
+def test_links_inside_the_store_are_published_as_their_files(demo_store, tmp_path):
+    """A store reached through a link, whose first hr shard is a link to a file of its own: published as the
+    plain store, the shard as its bytes."""
+    import shutil
+
+    real = tmp_path / "disk" / "demo.zarr"
+    shutil.copytree(demo_store, real)
+    shard = real / "train" / "hr" / "c" / "0" / "0" / "0" / "0"
+    shard.rename(shard.with_name("moved"))
+    shard.symlink_to("moved")
+    (tmp_path / "demo.zarr").symlink_to(real)
+    publish(str(tmp_path / "demo.zarr"), "org/faces", dry_run=tmp_path / "repo", fmt="zarr")
+    copied = tmp_path / "repo" / "data" / "demo.zarr"
+    assert not (copied / shard.relative_to(real)).is_symlink()
+    np.testing.assert_array_equal(zarr.open_group(str(copied), mode="r")["train"]["hr"][:],
+                                  zarr.open_group(demo_store, mode="r")["train"]["hr"][:])
+
+
+@hub_warning
+def test_a_link_out_of_the_store_is_never_uploaded(linked_store, local_hub):
+    url, secret = linked_store
+    r = CliRunner().invoke(publish_command, [str(url), "--repo", "org/faces", "--format", "zarr"])
+    assert r.exit_code == 2 and "is a link to" in r.output
+    assert not any(secret in q.body for q in local_hub.requests)
+    assert all(not repo.commits for repo in local_hub.repos.values())
+
+
 def test_missing_token_says_where_to_put_one(demo_store, monkeypatch, tmp_path):
     from huggingface_hub import constants
 

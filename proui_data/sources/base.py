@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,14 +68,31 @@ def list_images(folder: Path) -> list[Path]:
 # Pillow decodes these (a GIF as its first frame); other files are sniffed for an image header.
 FOLDER_SUFFIXES = IMAGE_SUFFIXES + (".gif", ".jpe", ".jfif", ".pbm", ".pnm", ".tga", ".ico", ".dib", ".jp2")
 # Reasons a folder entry is not a sample, as `proui-data info` lists them.
-SKIP_REASONS = ("not_an_image", "unreadable", "dangling_link", "directory", "directory_link", "special_file")
+SKIP_REASONS = ("not_an_image", "unreadable", "dangling_link", "directory", "directory_link", "special_file",
+                "name_clash")
 # Paths kept per reason in the store's attributes (the counts are exact).
 SKIP_EXAMPLES = 20
 
 
+def name_key(name: str) -> str:
+    r"""The text key of a file name as `os` gives it: the name itself when it is UTF-8; else each byte that is not
+    UTF-8 (a surrogate of `os.fsdecode`) written as `\xNN`: the file `b"bad\xe9.jpg"` is the key `bad\xe9.jpg`.
+    Only bytes 80-ff are escaped: `key_name` gives the name back, unless a UTF-8 name literally holds `\x80` to
+    `\xff` (a clash `scan_folder` skips as `name_clash`)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")
+
+
+def key_name(key: str) -> str:
+    """The file name (in `os.fsdecode`'s form) that `name_key` wrote as `key`."""
+    return os.fsdecode(_ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), key.encode()))
+
+
 @dataclass(frozen=True)
 class FolderScan:
-    images: list[str]  # relative POSIX paths, sorted
+    images: list[str]  # relative POSIX paths as `os` gives them (a name that is not UTF-8 holds surrogates), sorted
     skipped: dict[str, list[str]]  # reason -> relative POSIX paths, sorted
     entries: int  # files, links and image-named directories seen: len(images) + skipped, always
 
@@ -145,9 +163,25 @@ def scan_folder(folder: Path) -> FolderScan:
                 continue
             reason = _classify(path, f, st)
             (images if reason is None else skipped.setdefault(reason, [])).append(key)
+    images, clashes = _unique_keys(images)
+    if clashes:
+        skipped["name_clash"] = clashes
     skipped = {r: sorted(v, key=_parts) for r, v in sorted(skipped.items())}
     n = len(images) + sum(len(v) for v in skipped.values())
     return FolderScan(sorted(images, key=_parts), skipped, n)
+
+
+def _unique_keys(names: list[str]) -> tuple[list[str], list[str]]:
+    """(names whose `name_key` is theirs alone, the others): of names with one key, a UTF-8 name (the key itself)
+    is kept, else the first in sorted order."""
+    kept: dict[str, str] = {}
+    clashes = []
+    for n in sorted(names, key=lambda n: (name_key(n) != n, _parts(n))):
+        if name_key(n) in kept:
+            clashes.append(n)
+        else:
+            kept[name_key(n)] = n
+    return list(kept.values()), clashes
 
 
 def _key(root: str, path: str) -> str:
@@ -160,6 +194,7 @@ def _parts(key: str) -> list[str]:
 
 
 def skip_summary(skipped: dict[str, list[str]], images: int) -> dict[str, Any]:
-    """What a store records of the source's entries: images found, exact skip counts, the first names per reason."""
+    """What a store records of the source's entries: images found, exact skip counts, the first names per reason
+    (as keys: `name_key`)."""
     return {"images": images, "counts": {r: len(v) for r, v in sorted(skipped.items())},
-            "examples": {r: v[:SKIP_EXAMPLES] for r, v in sorted(skipped.items())}}
+            "examples": {r: [name_key(n) for n in v[:SKIP_EXAMPLES]] for r, v in sorted(skipped.items())}}

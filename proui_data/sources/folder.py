@@ -1,13 +1,14 @@
 """Any folder of images, recursively; faces are found by the detector. Everything goes to `train`.
 
 Every entry under the root is accounted for: an image file is a sample (a broken one is a rejected row), any
-other file, link or image-named directory is skipped with a reason (`skipped`, recorded in the store).
+other file, link or image-named directory is skipped with a reason (`skipped`, recorded in the store). A file
+name that is not UTF-8 keeps its photo: its key escapes the bytes that are not (`name_key`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .base import FolderScan, Item, Source, SourceError, scan_folder
+from .base import FolderScan, Item, Source, SourceError, name_key, scan_folder
 
 
 class FolderSource(Source):
@@ -37,11 +38,11 @@ class FolderSource(Source):
         root, scan = Path(self.root), self.scan()
         if not scan.images:
             skipped = ", ".join(f"{r}: {n}" for r, n in scan.counts().items()) or "nothing"
-            raise SourceError(f"{root}: no image files found, recursively (skipped {skipped})")
-        return [Item(key=k, path=str(root / k)) for k in scan.images]
+            raise SourceError(f"{name_key(str(root))}: no image files found, recursively (skipped {skipped})")
+        return [Item(key=name_key(n), path=str(root / n)) for n in scan.images]
 
     def skipped(self) -> dict[str, list[str]]:
         return self.scan().skipped
 
     def describe(self) -> dict:
-        return {"name": self.name, "root": str(Path(self.root).resolve())}
+        return {"name": self.name, "root": name_key(str(Path(self.root).resolve()))}

@@ -3,10 +3,16 @@
 The image column is the first `datasets.Image` feature (or one named `image`). Optional columns used
 when present: `key` (the sample name), `landmarks` (68x2 in source pixels), `identity`. Split names map
 `validation` -> `val`. Offline, a hub id fails with a message that says so instead of a network trace.
+
+An image cell is its bytes or a `path`; a path is read only when it leads (links resolved) into the dataset: the
+local folder given, or a hub dataset's downloads. Any other (`/etc/passwd`, `../x`, a link out) is the row's
+reject `read_error:PathOutsideDataset`.
 """
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,11 @@ from ..schema import SPLITS
 from .base import Item, Source, SourceError
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+log = logging.getLogger(__name__)
+
+
+class PathOutsideDataset(PermissionError):
+    """An image cell's path leads out of the dataset's folders."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,6 +51,28 @@ def _open(name: str):
     return ds
 
 
+def dataset_folders(name: str) -> tuple[str, ...]:
+    """The folders (links resolved) an image cell's path may lead into, the first one the base of a relative path:
+    the local dataset folder, or for a hub id its hub cache folder and the datasets download folder (archives
+    extracted there)."""
+    if Path(name).exists():
+        return (os.path.realpath(name if Path(name).is_dir() else Path(name).parent),)
+    from datasets import config
+    from huggingface_hub import constants
+
+    return (os.path.realpath(Path(constants.HF_HUB_CACHE) / ("datasets--" + name.replace("/", "--"))),
+            os.path.realpath(Path(config.HF_DATASETS_CACHE) / "downloads"))
+
+
+def read_inside(path: str, folders: tuple[str, ...], key: str) -> bytes:
+    """The file at `path` (relative: to `folders[0]`), or PathOutsideDataset when it resolves outside `folders`."""
+    full = os.path.realpath(os.path.join(folders[0], path))
+    if not any(os.path.commonpath([full, f]) == f for f in folders):
+        log.warning("sample %r: image path %r leads outside the dataset (%s): not read", key, path, full)
+        raise PathOutsideDataset(f"sample {key!r}: image path {path!r} leads outside the dataset to {full}")
+    return Path(full).read_bytes()
+
+
 def _image_column(features) -> str:
     import datasets
 
@@ -59,6 +92,7 @@ class HFSource(Source):
         self.hf_name = hf_name
         ds = _open(hf_name)
         self._splits = {SPLIT_NAMES.get(s, s): s for s in ds}
+        self._folders = dataset_folders(hf_name)
 
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self._splits] + sorted(s for s in self._splits if s not in SPLITS)
@@ -93,7 +127,7 @@ class HFSource(Source):
         if cell.get("bytes"):
             return cell["bytes"]
         if cell.get("path"):
-            return Path(cell["path"]).read_bytes()
+            return read_inside(cell["path"], self._folders, item.key)
         raise SourceError(f"sample {item.key!r}: empty image cell")
 
     def describe(self) -> dict:
