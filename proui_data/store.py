@@ -37,6 +37,9 @@ DONE = "_shard_done"
 # it have no such array: they verify by their values only.
 DIGESTS = "_shard_digests"
 BOOKKEEPING = (DONE, DIGESTS)
+# Arrays of which a shard with a valid row always has an object (a valid face's pixels, maps and key are never
+# all the fill value, so zarr cannot have skipped them): what a store without content records is checked for.
+WRITTEN_WHEN_VALID = ("key", "hr", "lr", "lr_occluded", "heatmaps")
 # Root attribute holding the detection pass of a detect.faces = "all" build: split -> photo key -> {"stage": the
 # chain stage that found the boxes, "boxes": HOG-framed boxes in decoded-image pixels, largest first ([]: no
 # face)}, or null for a photo that did not decode (its row says why). A resumed build expands from it; the pass
@@ -208,6 +211,28 @@ class Damage:
 def has_digests(group: zarr.Group) -> bool:
     """Whether the split records its shards' contents (stores written before that do not)."""
     return DIGESTS in group.array_keys()
+
+
+def required_objects(group: zarr.Group, names: list[str], valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per array of `names`, a boolean per shard: whether the shard's object must be in the store (absent, zarr
+    would read it as fill values). From the content records where the split has them (one small read per
+    shard), else `WRITTEN_WHEN_VALID` arrays in shards with a valid row."""
+    size = group.attrs["shard_size"]
+    n_shards = -(-valid.size // size)
+    has_valid = np.array([valid[k * size:(k + 1) * size].any() for k in range(n_shards)], dtype=bool)
+    fallback = {a: has_valid if a in WRITTEN_WHEN_VALID else np.zeros(n_shards, bool) for a in names}
+    if not has_digests(group):
+        return fallback
+    required = {a: fallback[a].copy() for a in names}
+    for k, text in enumerate(group[DIGESTS][:].tolist()):
+        try:
+            record = json.loads(str(text))
+        except ValueError:
+            continue  # a lost record: the fallback's rule for this shard (verify names it)
+        for a in names:
+            if isinstance(record, dict) and a in record:
+                required[a][k] = record[a] is not None
+    return required
 
 
 def shard_damage(group: zarr.Group, shards: list[int] | None = None, deep: bool = True) -> list[Damage]:

@@ -11,9 +11,6 @@ from .schema import FORMAT_VERSION
 # template's eye distance, scaled with the store's).
 EYE_TOLERANCE_PX = 12.0
 LANDMARK_BOUNDS = (-64.0, 192.0)
-# In a store without content records: arrays of which a shard with a valid row always has an object (a valid
-# face's pixels, maps and key are never all the fill value, so zarr cannot have skipped writing them).
-WRITTEN_WHEN_VALID = ("key", "hr", "lr", "lr_occluded", "heatmaps")
 
 
 def _check_rows(name: str, block: np.ndarray, valid: np.ndarray, rows: slice, problems: list[str],
@@ -90,17 +87,26 @@ def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[st
         damage = store.shard_damage(g) if hashed else []
         problems += [f"{s}/{d}" for d in damage]
         untrusted = {(d.array, d.shard) for d in damage}
-        try:
-            valid_all = g["valid"][:].astype(bool)
-            reasons = g["reject_reason"][:]
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{s}: cannot read valid/reject_reason: {e}")
+        if not {"valid", "reject_reason"} <= set(names):
+            problems.append(f"{s}: no valid/reject_reason arrays: not a proui split")
             continue
+        # per shard, leaving out the damaged ones: a lost `valid` object must not read as rejected rows
+        valid_all, reasons, trusted = np.zeros(n, bool), np.full(n, "", object), np.ones(n, bool)
+        for k in range(done.size):
+            rows = slice(*store.shard_range(k, size, n))
+            if {("valid", k), ("reject_reason", k)} & untrusted:
+                trusted[rows] = False
+                continue
+            try:
+                valid_all[rows], reasons[rows] = g["valid"][rows], g["reject_reason"][rows]
+            except Exception as e:  # noqa: BLE001 - damage in a store without records
+                problems.append(f"{s}/valid, reject_reason shard {k}: unreadable: {type(e).__name__}: {e}")
+                trusted[rows] = False
         if not hashed:
-            problems += _missing_unrecorded(s, g, [a for a in WRITTEN_WHEN_VALID if a in names], valid_all, size)
-        if any(not str(r) for r in reasons[~valid_all]):
+            problems += _missing_unrecorded(s, g, names, valid_all)
+        if any(not str(r) for r in reasons[~valid_all & trusted]):
             problems.append(f"{s}: rejected rows without a reason")
-        if any(str(r) for r in reasons[valid_all]):
+        if any(str(r) for r in reasons[valid_all & trusted]):
             problems.append(f"{s}: valid rows with a reject reason")
         for k in range(done.size):
             start, stop = store.shard_range(k, size, n)
@@ -118,13 +124,13 @@ def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[st
     return problems, counts
 
 
-def _missing_unrecorded(split: str, group, names: list[str], valid: np.ndarray, size: int) -> list[str]:
-    """In a split without content records: the objects of `names` absent from a shard that has valid rows
-    (zarr would read them as the fill value)."""
-    n = valid.size
-    shards = [k for k in range(-(-n // size)) if valid[k * size:(k + 1) * size].any()]
+def _missing_unrecorded(split: str, group, names: list[str], valid: np.ndarray) -> list[str]:
+    """In a split without content records: the objects absent where a valid row says they must be there
+    (`store.required_objects`; zarr would read them as the fill value)."""
+    n, size = valid.size, group.attrs["shard_size"]
     problems = []
-    for a in names:
+    for a, required in store.required_objects(group, names, valid).items():
+        shards = np.flatnonzero(required).tolist()
         paths = [store.shard_object(group[a], k) for k in shards]
         for k, path, got in zip(shards, paths, store.object_sizes(paths)):
             if got is None:

@@ -7,7 +7,8 @@ one shard ahead of use: `SegmentWindow`) into reused buffers and gathers batches
 (`gather_rows`). Shards laid out the way the pipeline writes them (inner chunks bytes + zstd, crc32c index at
 the end) are fetched as one object and decoded straight into the buffer (`shard_decoder`: 3-4x less CPU than
 zarr's general read path); any other layout, and the partial shards at the ends of a worker's share, are read
-with `arr.get_basic_selection(start:stop)`.
+with `arr.get_basic_selection(start:stop)`. A shard object the store must hold (`proui_data.store.required_objects`)
+but does not is an error naming it, never the fill values zarr would serve in its place.
 
 The zarr store is opened lazily in each process and never pickled: zarr's I/O thread does not survive `fork`.
 """
@@ -18,9 +19,9 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import zarr
@@ -28,9 +29,9 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.storage import LocalStore, StorePath
 
-from .plan import Batch, Segment
+from proui_data.store import required_objects, run_store_io, shard_object
 
-T = TypeVar("T")
+from .plan import Batch, Segment
 
 # per array: (shape of one sample, dtype)
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -42,6 +43,10 @@ _MISSING = 2**64 - 1  # a shard index entry of an absent chunk
 
 def is_string(dtype: Any) -> bool:
     return np.dtype(dtype).kind in "UOT"
+
+
+class MissingShard(FileNotFoundError):
+    """A shard object the build wrote is gone from the store."""
 
 
 # ----- opening and checking a split -----
@@ -127,8 +132,10 @@ class ShardReader:
     otherwise costs as much as the decompression.
     """
 
-    def __init__(self, arrays: dict[str, zarr.Array], shard_size: int) -> None:
-        self.arrays, self.shard_size = arrays, shard_size
+    def __init__(self, arrays: dict[str, zarr.Array], shard_size: int,
+                 required: dict[str, np.ndarray] | None = None) -> None:
+        """`required`: per array, whether each shard's object must exist (`required_objects`); None: not checked."""
+        self.arrays, self.shard_size, self.required = arrays, shard_size, required or {}
         self.decoders = {name: shard_decoder(arr) for name, arr in arrays.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(len(arrays), 8))
         self.free: list[dict[str, np.ndarray]] = []
@@ -150,19 +157,32 @@ class ShardReader:
 
     def _read_one(self, name: str, segment: Segment, slot: dict[str, np.ndarray]) -> None:
         arr, selection = self.arrays[name], slice(segment.start, segment.stop)
+        shard = segment.start // self.shard_size
+        required = name in self.required and bool(self.required[name][shard])
+        decoder = self.decoders[name]
+        if decoder is not None and not is_string(arr.dtype) and segment.stop - segment.start == self.shard_size:
+            data = self._shard_bytes(arr, shard)
+            if data is None and required:
+                self._missing(arr, shard)
+            decoder(data, slot[name])
+            return
+        if required and not run_store_io(shard_object(arr, shard).exists()):  # zarr would read fill values
+            self._missing(arr, shard)
         if is_string(arr.dtype):
             slot[name] = np.asarray(arr[selection])
-            return
-        decoder = self.decoders[name]
-        if decoder is not None and segment.stop - segment.start == self.shard_size:
-            decoder(self._shard_bytes(arr, segment.start // self.shard_size), slot[name])
             return
         out = default_buffer_prototype().nd_buffer.from_numpy_array(slot[name][:segment.stop - segment.start])
         arr.get_basic_selection(selection, out=out)
 
+    def _missing(self, arr: zarr.Array, shard: int) -> None:
+        start = shard * self.shard_size
+        raise MissingShard(f"{arr.path} shard {shard} (rows {start}:{min(start + self.shard_size, arr.shape[0])}): "
+                           f"object {shard_object(arr, shard).path} is missing from the store {arr.store_path.store}; "
+                           "run `proui-data verify` on it, and the build command again to rewrite it")
+
     def _shard_bytes(self, arr: zarr.Array, shard: int) -> memoryview | None:
         """The stored object of one shard (None: never written), in one request."""
-        path = arr.store_path / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+        path = shard_object(arr, shard)
         file = _local_file(path)
         if file is not None:
             return self._read_file(file)
@@ -234,20 +254,6 @@ def _local_file(path: StorePath) -> str | None:
     if not isinstance(path.store, LocalStore):
         return None
     return os.path.join(str(path.store.root), *path.path.split("/"))
-
-
-def run_store_io(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a zarr store coroutine (`StorePath.get`, ...) to completion from a plain (non-async) thread.
-
-    The one private zarr call in the loader. zarr 3.1 has no public synchronous read of a raw key for every
-    store (`StorePath.get_sync` exists only for the local and memory stores), and a store must be driven from
-    zarr's own event-loop thread (an fsspec HTTP or S3 session made on that loop fails on any other loop).
-    `zarr.core.sync.sync` is what zarr's synchronous API uses for exactly this; tests/test_zarr_private.py
-    fails, naming this function, if a zarr release moves or changes it.
-    """
-    from zarr.core.sync import sync
-
-    return sync(coro)
 
 
 def shard_decoder(arr: zarr.Array) -> Callable[[bytes | memoryview | None, np.ndarray], None] | None:
