@@ -213,11 +213,10 @@ def has_digests(group: zarr.Group) -> bool:
     return DIGESTS in group.array_keys()
 
 
-def required_objects(group: zarr.Group, names: list[str], valid: np.ndarray) -> dict[str, np.ndarray]:
+def required_objects(group: zarr.Group, names: list[str], valid: np.ndarray, size: int) -> dict[str, np.ndarray]:
     """Per array of `names`, a boolean per shard: whether the shard's object must be in the store (absent, zarr
     would read it as fill values). From the content records where the split has them (one small read per
-    shard), else `WRITTEN_WHEN_VALID` arrays in shards with a valid row."""
-    size = group.attrs["shard_size"]
+    shard), else `WRITTEN_WHEN_VALID` arrays in shards with a valid row; `size`: the split's shard size."""
     n_shards = -(-valid.size // size)
     has_valid = np.array([valid[k * size:(k + 1) * size].any() for k in range(n_shards)], dtype=bool)
     fallback = {a: has_valid if a in WRITTEN_WHEN_VALID else np.zeros(n_shards, bool) for a in names}

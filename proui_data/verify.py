@@ -129,7 +129,7 @@ def _missing_unrecorded(split: str, group, names: list[str], valid: np.ndarray) 
     (`store.required_objects`; zarr would read them as the fill value)."""
     n, size = valid.size, group.attrs["shard_size"]
     problems = []
-    for a, required in store.required_objects(group, names, valid).items():
+    for a, required in store.required_objects(group, names, valid, size).items():
         shards = np.flatnonzero(required).tolist()
         paths = [store.shard_object(group[a], k) for k in shards]
         for k, path, got in zip(shards, paths, store.object_sizes(paths)):

@@ -82,7 +82,7 @@ class StoreDataset(IterableDataset):
         group = self._group()
         self.n_samples, self.shard_size, self._specs = inspect_split(group, split, self.arrays, store)
         self.valid = np.asarray(group["valid"][:], dtype=bool)
-        self._required = required_objects(group, list(self.arrays), self.valid)  # shard objects that must exist
+        self._required = required_objects(group, list(self.arrays), self.valid, self.shard_size)  # shard objects that must exist
         self._group_handle = None  # keep no zarr handle in what gets pickled
         self._rows = SplitRows.from_valid(self.valid, self.n_samples, self.shard_size)
         self.samples_per_rank = int(self.valid.sum()) // world_size
