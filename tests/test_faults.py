@@ -24,7 +24,7 @@ from proui_data.runner import run_plan
 from proui_data.sources import get_source
 from proui_data.verify import verify_store
 from proui_train.data import StoreDataset
-from proui_train.data.shards import MissingShard
+from proui_train.data.shards import DamagedShard, MissingShard
 
 # The demo store: train has a full shard 0 (rows 0:4) and a short shard 1 (rows 4:6), val one short shard 0.
 SHARDS = [("train", 0), ("train", 1), ("val", 0)]
@@ -205,11 +205,12 @@ def test_the_loader_never_serves_a_damaged_object(clean, tmp_path, kind, shard, 
     out = copy_of(clean, tmp_path)
     assert len(_first_batches(str(out), ("lr_occluded", "hr", "key"))) == 3
     damage(object_file(out, "train", array, shard), kind)
-    error = MissingShard if kind == "deleted" else Exception
-    with pytest.raises(error) as got:
+    # deleted: refused by the record; truncated: the shard index's crc32c or bounds; flipped: zstd's frame checksum
+    with pytest.raises(MissingShard if kind == "deleted" else DamagedShard) as got:
         _first_batches(str(out), ("lr_occluded", "hr", "key"))
-    if kind == "deleted":
-        assert f"train/{array} shard {shard}" in str(got.value) and "proui-data verify" in str(got.value)
+    rows = "(rows 0:4)" if shard == 0 else "(rows 4:6)"
+    assert f"train/{array} shard {shard} {rows}: object train/{array}/c/{shard}" in str(got.value)
+    assert "proui-data verify" in str(got.value)
 
 
 def test_a_store_without_records_verifies_by_values_with_a_note(clean, tmp_path):
@@ -267,7 +268,7 @@ def test_remote_store_damage_is_found_and_repaired(clean):
         assert len(problems) == 2, problems
         assert any(p.startswith("train/lr_occluded shard 1 (rows 4:6): object") and "missing" in p for p in problems)
         assert any(p.startswith("train/hr shard 0 (rows 0:4): object") and "truncated: 1000 of" in p for p in problems)
-        with pytest.raises(Exception):
+        with pytest.raises((MissingShard, DamagedShard), match="train/(lr_occluded|hr) shard"):
             _first_batches(url, ("lr_occluded", "hr"))
         plan = build(url)
         assert sorted(plan.todo) == [("train", 0), ("train", 1)]

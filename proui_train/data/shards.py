@@ -49,6 +49,10 @@ class MissingShard(FileNotFoundError):
     """A shard object the build wrote is gone from the store."""
 
 
+class DamagedShard(ValueError):
+    """A shard object that fails to decode (a checksum, its index, its length)."""
+
+
 # ----- opening and checking a split -----
 
 
@@ -156,8 +160,17 @@ class ShardReader:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_one(self, name: str, segment: Segment, slot: dict[str, np.ndarray]) -> None:
-        arr, selection = self.arrays[name], slice(segment.start, segment.stop)
         shard = segment.start // self.shard_size
+        try:
+            self._read_into(name, segment, shard, slot)
+        except (ValueError, RuntimeError) as e:  # zstd, crc32c and index checks of a changed or cut object
+            arr = self.arrays[name]
+            raise DamagedShard(f"{self._where(arr, shard)} cannot be decoded ({type(e).__name__}: {e}); run "
+                               "`proui-data verify` on the store, and the build command with --repair to rewrite it"
+                               ) from e
+
+    def _read_into(self, name: str, segment: Segment, shard: int, slot: dict[str, np.ndarray]) -> None:
+        arr, selection = self.arrays[name], slice(segment.start, segment.stop)
         required = name in self.required and bool(self.required[name][shard])
         decoder = self.decoders[name]
         if decoder is not None and not is_string(arr.dtype) and segment.stop - segment.start == self.shard_size:
@@ -174,11 +187,14 @@ class ShardReader:
         out = default_buffer_prototype().nd_buffer.from_numpy_array(slot[name][:segment.stop - segment.start])
         arr.get_basic_selection(selection, out=out)
 
-    def _missing(self, arr: zarr.Array, shard: int) -> None:
+    def _where(self, arr: zarr.Array, shard: int) -> str:
         start = shard * self.shard_size
-        raise MissingShard(f"{arr.path} shard {shard} (rows {start}:{min(start + self.shard_size, arr.shape[0])}): "
-                           f"object {shard_object(arr, shard).path} is missing from the store {arr.store_path.store}; "
-                           "run `proui-data verify` on it, and the build command again to rewrite it")
+        return (f"{arr.path} shard {shard} (rows {start}:{min(start + self.shard_size, arr.shape[0])}): object "
+                f"{shard_object(arr, shard).path} of {arr.store_path.store}")
+
+    def _missing(self, arr: zarr.Array, shard: int) -> None:
+        raise MissingShard(f"{self._where(arr, shard)} is missing (zarr would read fill values); run `proui-data "
+                           "verify` on the store, and the build command again to rewrite it")
 
     def _shard_bytes(self, arr: zarr.Array, shard: int) -> memoryview | None:
         """The stored object of one shard (None: never written), in one request."""
