@@ -1,16 +1,16 @@
 """What the content records cost: verify, a rerun's check and the loader, on a real store.
 
 Copies a store written before content records (default /work/data/celeba.zarr) twice: as it is, and rewritten
-shard by shard through `store.write_shard` (what a build writes today: zstd frame checksums, the
-`_shard_digests` record), values unchanged. Then, best of `--repeats` with the files in the page cache:
+shard by shard through `store.write_shard` (what a build writes today, with the `_shard_digests` record),
+values unchanged. Then, best of `--repeats` with the files in the page cache:
 
 - verify on each copy (the old store: value checks plus the size check of the arrays a valid row always
   writes; the recorded one: every object hashed, then the value checks), and the hash pass alone;
 - a rerun's check of finished shards (`shard_damage` by size) and `--repair`'s (by sha256);
 - the loader: one in-process epoch of the train split (hr, lr_occluded, landmarks, heatmaps) from each copy
-  (the recorded one decodes checksummed frames and checks its record of required objects), the direct decode
-  of the same shard objects held in memory (with and without zstd checksums: less noise than an epoch's
-  reads), and sha256 of every shard object read (the cost of an optional hash check in the loader).
+  (from the recorded one it checks the CRC-32C of every object it reads); against the direct decode of the
+  same objects held in memory: their CRC-32C, their sha256, and the decode of their chunks re-compressed
+  with zstd frame checksums (the alternative: zstd then hashes every decompressed byte).
 
     OMP_NUM_THREADS=1 python benchmarks/integrity.py [--store /work/data/celeba.zarr] [--workdir /tmp/proui-integrity]
 
@@ -94,12 +94,28 @@ def decode_all(objects: list[tuple[zarr.Array, bytes]]) -> None:
         shard_decoder(arr)(data, out)
 
 
-def hash_objects(url: str) -> None:
-    g = zarr.open_group(url, mode="r")["train"]
-    for a in LOADER_ARRAYS:
-        paths = [store.shard_object(g[a], k) for k in range(g.attrs["n_shards"])]
-        for data in store.read_objects(paths):
-            hashlib.sha256(data).digest()
+def zstd_frames(objects: list[tuple[zarr.Array, bytes]], checksum: bool) -> list[tuple[bytes, int]]:
+    """Every inner chunk of the objects, re-compressed at the store's level with or without frame checksums."""
+    from numcodecs import Zstd
+
+    from proui_train.data import shard_decoder
+
+    frames = []
+    for arr, data in objects:
+        out = np.empty((arr.shards[0],) + arr.shape[1:], arr.dtype)
+        shard_decoder(arr)(data, out)
+        codec = Zstd(level=arr.metadata.codecs[0].codecs[-1].level, checksum=checksum)
+        rows = arr.chunks[0]
+        frames += [(codec.encode(out[i:i + rows]), out[i:i + rows].nbytes) for i in range(0, len(out), rows)]
+    return frames
+
+
+def decode_frames(frames: list[tuple[bytes, int]]) -> None:
+    from numcodecs import Zstd
+
+    codec, buf = Zstd(), np.empty(max(n for _, n in frames), np.uint8)
+    for frame, n in frames:
+        codec.decode(frame, out=buf[:n])
 
 
 def main() -> None:
@@ -137,15 +153,20 @@ def main() -> None:
          best(lambda: loader_epoch(str(plain)), args.repeats)),
         ("load_recorded", f"loader epoch, store with records ({n} samples)",
          best(lambda: loader_epoch(str(recorded)), args.repeats)),
-        ("hash_epoch", "sha256 of the epoch's shard objects (an optional loader check)",
-         best(lambda: hash_objects(str(recorded)), args.repeats)),
     ]
-    in_memory = {path: shard_objects(str(path)) for path in (plain, recorded)}
+    objects = shard_objects(str(recorded))
+    frames = {c: zstd_frames(objects, c) for c in (False, True)}
     rows += [
-        ("decode_plain", "  decode of those objects in memory, no zstd checksums",
-         best(lambda: decode_all(in_memory[plain]), args.repeats)),
-        ("decode_recorded", "  decode of those objects in memory, zstd checksums checked",
-         best(lambda: decode_all(in_memory[recorded]), args.repeats)),
+        ("decode", "  the direct decode of the epoch's shard objects, in memory",
+         best(lambda: decode_all(objects), args.repeats)),
+        ("crc", "  CRC-32C of those objects (the loader's check)",
+         best(lambda: [store.crc32c(d) for _, d in objects], args.repeats)),
+        ("sha", "  sha256 of those objects",
+         best(lambda: [hashlib.sha256(d).digest() for _, d in objects], args.repeats)),
+        ("zstd_plain", "  zstd decode of their chunks re-compressed without frame checksums",
+         best(lambda: decode_frames(frames[False]), args.repeats)),
+        ("zstd_checked", "  the same with frame checksums",
+         best(lambda: decode_frames(frames[True]), args.repeats)),
     ]
     width = max(len(label) for _, label, _ in rows)
     print(f"{'':{width}s}  {'wall s':>7s}  {'CPU s':>7s}")
@@ -153,9 +174,9 @@ def main() -> None:
         print(f"{label:{width}s}  {wall:7.2f}  {cpu:7.2f}")
     cpu = {key: t[1] for key, _, t in rows}
     print(f"CPU ratios: verify with records / without {cpu['verify_recorded'] / cpu['verify_plain']:.2f}x; "
-          f"loader with records / without {cpu['load_recorded'] / cpu['load_plain']:.2f}x; "
-          f"sha256 of the epoch's objects / the epoch {cpu['hash_epoch'] / cpu['load_recorded']:.2f}x; "
-          f"checksummed decode / plain decode {cpu['decode_recorded'] / cpu['decode_plain']:.2f}x")
+          f"loader epoch with records / without {cpu['load_recorded'] / cpu['load_plain']:.2f}x; "
+          f"per decode of the objects: CRC-32C {cpu['crc'] / cpu['decode']:.3f}x, sha256 {cpu['sha'] / cpu['decode']:.2f}x, "
+          f"zstd frame checksums +{cpu['zstd_checked'] / cpu['zstd_plain'] - 1:.2f}x")
     np.testing.assert_array_equal(zarr.open_group(str(plain))["train"]["hr"][:64], root["train"]["hr"][:64])
 
 

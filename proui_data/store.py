@@ -6,8 +6,8 @@ The I/O boundary of the build. A shard is the unit of work: the task that owns s
 (partial concurrent writes into one shard lose data: zarr-python issue 3682). A killed build leaves
 shards that are either finished and marked or not marked; a rerun rewrites the unmarked ones.
 
-Before the mark, the task records what it stored (`_shard_digests[k]`: size and sha256 of each array's shard
-object, read back through the store), so that `shard_damage` can name every object lost, truncated or changed
+Before the mark, the task records what it stored (`_shard_digests[k]`: size, sha256 and CRC-32C of each
+array's shard object, read back through the store), so that `shard_damage` can name every object lost, truncated or changed
 after the build without decoding anything, and a rerun can rewrite those shards.
 """
 from __future__ import annotations
@@ -32,9 +32,11 @@ from .schema import FORMAT_VERSION, SPLITS, Field
 T = TypeVar("T")
 
 DONE = "_shard_done"
-# Per finished shard k, a JSON object {array: [bytes, sha256 hex] of its shard-k object as stored, or null where
-# zarr stored none (every row the array's fill value: absent is then the right state)}. Stores written before
-# it have no such array: they verify by their values only.
+# Per finished shard k, a JSON object {array: [bytes, sha256 hex, crc32c] of its shard-k object as stored, or
+# null where zarr stored none (every row the array's fill value: absent is then the right state)}. sha256 for
+# verify and --repair; crc32c for the loader, which checks the bytes it reads at a fraction of a decode's cost
+# (zstd's frame checksums would cost a third of the decode: docs/benchmarks.md#integrity). Stores written
+# before it have no such array: they verify by their values only.
 DIGESTS = "_shard_digests"
 BOOKKEEPING = (DONE, DIGESTS)
 # Arrays of which a shard with a valid row always has an object (a valid face's pixels, maps and key are never
@@ -74,8 +76,7 @@ def create_split(
             dtype=dtype,
             chunks=(min(chunk_size, shard_size),) + f.shape,
             shards=(shard_size,) + f.shape,
-            # the frame checksum: a reader decoding a changed chunk fails instead of returning wrong values
-            compressors=ZstdCodec(level=level, checksum=True),
+            compressors=ZstdCodec(level=level),
             fill_value=fill,
             dimension_names=("sample",) + f.dims,
             attributes={"doc": f.doc} if f.doc else {},
@@ -128,7 +129,7 @@ def write_shard(group: zarr.Group, fields: list[Field], k: int, rows: dict[str, 
     delete_objects([shard_object(group[f.name], k) for f in fields])
     for f in fields:
         group[f.name][start:stop] = rows[f.name]
-    if DIGESTS in group.array_keys():
+    if has_digests(group):
         stored = read_objects([shard_object(group[f.name], k) for f in fields])
         record = {f.name: object_digest(data) for f, data in zip(fields, stored)}
         group[DIGESTS][k] = json.dumps(record, sort_keys=True, separators=(",", ":"))
@@ -191,8 +192,17 @@ def object_sizes(paths: list[StorePath]) -> list[int | None]:
 
 
 def object_digest(data: bytes | None) -> list | None:
-    """[size, sha256 hex] of an object's stored bytes; None for an absent object."""
-    return None if data is None else [len(data), hashlib.sha256(data).hexdigest()]
+    """[size, sha256 hex, crc32c] of an object's stored bytes; None for an absent object."""
+    return None if data is None else [len(data), hashlib.sha256(data).hexdigest(), crc32c(data)]
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """CRC-32C of a buffer (hardware-accelerated; a reused buffer's view is read without a copy)."""
+    import google_crc32c
+
+    view = np.frombuffer(data, np.uint8)
+    view.flags.writeable = False  # google_crc32c takes read-only buffers only
+    return int(google_crc32c.value(view))
 
 
 @dataclass(frozen=True)
@@ -213,25 +223,35 @@ def has_digests(group: zarr.Group) -> bool:
     return DIGESTS in group.array_keys()
 
 
-def required_objects(group: zarr.Group, names: list[str], valid: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Per array of `names`, a boolean per shard: whether the shard's object must be in the store (absent, zarr
-    would read it as fill values). From the content records where the split has them (one small read per
-    shard), else `WRITTEN_WHEN_VALID` arrays in shards with a valid row; `size`: the split's shard size."""
+@dataclass(frozen=True)
+class Expected:
+    """What a reader may expect of one array's shard objects."""
+
+    required: np.ndarray  # bool per shard: the object must be in the store (absent, zarr reads fill values)
+    crc32c: dict[int, int]  # shard -> CRC-32C of the object's bytes, where recorded
+
+
+def expected_objects(group: zarr.Group, names: list[str], valid: np.ndarray, size: int) -> dict[str, Expected]:
+    """Per array of `names`, which shard objects must exist and their recorded CRC-32C: from the content records
+    where the split has them (one small read per shard), else only that `WRITTEN_WHEN_VALID` arrays exist in
+    shards with a valid row; `size`: the split's shard size."""
     n_shards = -(-valid.size // size)
     has_valid = np.array([valid[k * size:(k + 1) * size].any() for k in range(n_shards)], dtype=bool)
-    fallback = {a: has_valid if a in WRITTEN_WHEN_VALID else np.zeros(n_shards, bool) for a in names}
+    out = {a: Expected(has_valid.copy() if a in WRITTEN_WHEN_VALID else np.zeros(n_shards, bool), {})
+           for a in names}
     if not has_digests(group):
-        return fallback
-    required = {a: fallback[a].copy() for a in names}
+        return out
     for k, text in enumerate(group[DIGESTS][:].tolist()):
         try:
             record = json.loads(str(text))
         except ValueError:
-            continue  # a lost record: the fallback's rule for this shard (verify names it)
+            continue  # a lost record: the rule of older stores for this shard (verify names it)
         for a in names:
             if isinstance(record, dict) and a in record:
-                required[a][k] = record[a] is not None
-    return required
+                out[a].required[k] = record[a] is not None
+                if record[a] is not None:
+                    out[a].crc32c[k] = int(record[a][2])
+    return out
 
 
 def shard_damage(group: zarr.Group, shards: list[int] | None = None, deep: bool = True) -> list[Damage]:

@@ -126,11 +126,11 @@ def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[st
 
 def _missing_unrecorded(split: str, group, names: list[str], valid: np.ndarray) -> list[str]:
     """In a split without content records: the objects absent where a valid row says they must be there
-    (`store.required_objects`; zarr would read them as the fill value)."""
+    (`store.expected_objects`; zarr would read them as the fill value)."""
     n, size = valid.size, group.attrs["shard_size"]
     problems = []
-    for a, required in store.required_objects(group, names, valid, size).items():
-        shards = np.flatnonzero(required).tolist()
+    for a, expected in store.expected_objects(group, names, valid, size).items():
+        shards = np.flatnonzero(expected.required).tolist()
         paths = [store.shard_object(group[a], k) for k in shards]
         for k, path, got in zip(shards, paths, store.object_sizes(paths)):
             if got is None:

@@ -6,11 +6,13 @@ every file byte-identical to the undamaged build. docs/store.md#damage-and-repai
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import fsspec
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -99,10 +101,9 @@ def test_the_clean_store_verifies_and_records_every_object(clean):
             if digest is None:  # every row the fill value: zarr stores no object
                 assert not file.exists()
                 np.testing.assert_array_equal(root[s][a][k * 4:(k + 1) * 4], root[s][a].fill_value)
-            else:  # the record is the file's own size and sha256 (what `sha256sum` prints)
-                import hashlib
-
-                assert digest == [file.stat().st_size, hashlib.sha256(file.read_bytes()).hexdigest()]
+            else:  # the record is the file's own size, sha256 (what `sha256sum` prints) and CRC-32C
+                data = file.read_bytes()
+                assert digest == [len(data), hashlib.sha256(data).hexdigest(), google_crc32c.value(data)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -211,6 +212,8 @@ def test_the_loader_never_serves_a_damaged_object(clean, tmp_path, kind, shard, 
     rows = "(rows 0:4)" if shard == 0 else "(rows 4:6)"
     assert f"train/{array} shard {shard} {rows}: object train/{array}/c/{shard}" in str(got.value)
     assert "proui-data verify" in str(got.value)
+    if kind != "deleted":  # found by the recorded CRC-32C of the object, before any decoding
+        assert "CRC-32C" in str(got.value)
 
 
 def test_a_store_without_records_verifies_by_values_with_a_note(clean, tmp_path):

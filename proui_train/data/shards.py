@@ -7,8 +7,9 @@ one shard ahead of use: `SegmentWindow`) into reused buffers and gathers batches
 (`gather_rows`). Shards laid out the way the pipeline writes them (inner chunks bytes + zstd, crc32c index at
 the end) are fetched as one object and decoded straight into the buffer (`shard_decoder`: 3-4x less CPU than
 zarr's general read path); any other layout, and the partial shards at the ends of a worker's share, are read
-with `arr.get_basic_selection(start:stop)`. A shard object the store must hold (`proui_data.store.required_objects`)
-but does not is an error naming it, never the fill values zarr would serve in its place.
+with `arr.get_basic_selection(start:stop)`. A shard object the store must hold but does not, or whose bytes
+are not those recorded at build time (`proui_data.store.expected_objects`: its CRC-32C), is an error naming
+it, never the fill values or the wrong values zarr would serve in its place.
 
 The zarr store is opened lazily in each process and never pickled: zarr's I/O thread does not survive `fork`.
 """
@@ -29,7 +30,7 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.storage import LocalStore, StorePath
 
-from proui_data.store import required_objects, run_store_io, shard_object
+from proui_data.store import Expected, crc32c, expected_objects, run_store_io, shard_object
 
 from .plan import Batch, Segment
 
@@ -137,9 +138,10 @@ class ShardReader:
     """
 
     def __init__(self, arrays: dict[str, zarr.Array], shard_size: int,
-                 required: dict[str, np.ndarray] | None = None) -> None:
-        """`required`: per array, whether each shard's object must exist (`required_objects`); None: not checked."""
-        self.arrays, self.shard_size, self.required = arrays, shard_size, required or {}
+                 expected: dict[str, Expected] | None = None) -> None:
+        """`expected`: per array, which shard objects must exist and their CRC-32C (`expected_objects`); None:
+        nothing checked."""
+        self.arrays, self.shard_size, self.expected = arrays, shard_size, expected or {}
         self.decoders = {name: shard_decoder(arr) for name, arr in arrays.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(len(arrays), 8))
         self.free: list[dict[str, np.ndarray]] = []
@@ -163,7 +165,7 @@ class ShardReader:
         shard = segment.start // self.shard_size
         try:
             self._read_into(name, segment, shard, slot)
-        except (ValueError, RuntimeError) as e:  # zstd, crc32c and index checks of a changed or cut object
+        except (ValueError, RuntimeError) as e:  # a changed or cut object: its CRC, zstd, the index's crc32c
             arr = self.arrays[name]
             raise DamagedShard(f"{self._where(arr, shard)} cannot be decoded ({type(e).__name__}: {e}); run "
                                "`proui-data verify` on the store, and the build command with --repair to rewrite it"
@@ -171,15 +173,21 @@ class ShardReader:
 
     def _read_into(self, name: str, segment: Segment, shard: int, slot: dict[str, np.ndarray]) -> None:
         arr, selection = self.arrays[name], slice(segment.start, segment.stop)
-        required = name in self.required and bool(self.required[name][shard])
+        expected = self.expected.get(name)
+        required = expected is not None and bool(expected.required[shard])
+        crc = expected.crc32c.get(shard) if expected is not None else None
         decoder = self.decoders[name]
         if decoder is not None and not is_string(arr.dtype) and segment.stop - segment.start == self.shard_size:
             data = self._shard_bytes(arr, shard)
-            if data is None and required:
-                self._missing(arr, shard)
+            self._check(arr, shard, data, required, crc)
             decoder(data, slot[name])
             return
-        if required and not run_store_io(shard_object(arr, shard).exists()):  # zarr would read fill values
+        # zarr's read (strings, short reads, other layouts) fills an absent object silently: checked first, at the
+        # cost of a second request for the object
+        if crc is not None:
+            data = run_store_io(shard_object(arr, shard).get(prototype=default_buffer_prototype()))
+            self._check(arr, shard, None if data is None else data.to_bytes(), required, crc)
+        elif required and not run_store_io(shard_object(arr, shard).exists()):
             self._missing(arr, shard)
         if is_string(arr.dtype):
             slot[name] = np.asarray(arr[selection])
@@ -191,6 +199,15 @@ class ShardReader:
         start = shard * self.shard_size
         return (f"{arr.path} shard {shard} (rows {start}:{min(start + self.shard_size, arr.shape[0])}): object "
                 f"{shard_object(arr, shard).path} of {arr.store_path.store}")
+
+    def _check(self, arr: zarr.Array, shard: int, data: bytes | memoryview | None, required: bool,
+               crc: int | None) -> None:
+        """Refuse an object that must exist and does not, or whose bytes are not the recorded ones."""
+        if data is None:
+            if required:
+                self._missing(arr, shard)
+        elif crc is not None and crc32c(data) != crc:
+            raise ValueError(f"CRC-32C of its {len(data)} bytes differs from the one recorded at build time")
 
     def _missing(self, arr: zarr.Array, shard: int) -> None:
         raise MissingShard(f"{self._where(arr, shard)} is missing (zarr would read fill values); run `proui-data "
