@@ -175,7 +175,8 @@ def main() -> None:
     cpu = {key: t[1] for key, _, t in rows}
     print(f"CPU ratios: verify with records / without {cpu['verify_recorded'] / cpu['verify_plain']:.2f}x; "
           f"loader epoch with records / without {cpu['load_recorded'] / cpu['load_plain']:.2f}x; "
-          f"per decode of the objects: CRC-32C {cpu['crc'] / cpu['decode']:.3f}x, sha256 {cpu['sha'] / cpu['decode']:.2f}x, "
+          f"per decode of the objects: CRC-32C {cpu['crc'] / cpu['decode']:.3f}x, "
+          f"sha256 {cpu['sha'] / cpu['decode']:.2f}x, "
           f"zstd frame checksums +{cpu['zstd_checked'] / cpu['zstd_plain'] - 1:.2f}x")
     np.testing.assert_array_equal(zarr.open_group(str(plain))["train"]["hr"][:64], root["train"]["hr"][:64])
 

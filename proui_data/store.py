@@ -7,8 +7,8 @@ The I/O boundary of the build. A shard is the unit of work: the task that owns s
 shards that are either finished and marked or not marked; a rerun rewrites the unmarked ones.
 
 Before the mark, the task records what it stored (`_shard_digests[k]`: size, sha256 and CRC-32C of each
-array's shard object, read back through the store), so that `shard_damage` can name every object lost, truncated or changed
-after the build without decoding anything, and a rerun can rewrite those shards.
+array's shard object, read back through the store), so that `shard_damage` can name every object lost,
+truncated or changed after the build without decoding anything, and a rerun can rewrite those shards.
 """
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def shard_damage(group: zarr.Group, shards: list[int] | None = None, deep: bool 
             record = json.loads(str(digests[k]))
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, TypeError) as e:  # the record itself is lost or damaged: nothing of the shard is trusted
+        except (ValueError, TypeError) as e:  # the record itself is lost or damaged: the shard is not trusted
             damage.append(Damage(DIGESTS, k, rows, f"no readable content record ({e}): the shard is not trusted"))
             continue
         paths = [shard_object(arrays[a], k) for a in names]

@@ -242,7 +242,8 @@ def test_cli_names_the_damage_and_the_rerun_rewrites_it(clean, tmp_path):
     damage(object_file(out, "train", "hr", 1), "flipped")
     r = CliRunner().invoke(cli, ["verify", str(out)])
     assert r.exit_code == 1 and "verify failed: 3 problem(s)" in r.output
-    for name in ("train/lr_occluded shard 0 (rows 0:4)", "val/heatmaps shard 0 (rows 0:2)", "train/hr shard 1 (rows 4:6)"):
+    for name in ("train/lr_occluded shard 0 (rows 0:4)", "val/heatmaps shard 0 (rows 0:2)",
+                 "train/hr shard 1 (rows 4:6)"):
         assert name in r.output
     args = ["build", "--source", "demo", "--out", str(out), "--workers", "0", "--no-progress"]
     r = CliRunner().invoke(cli, args)

@@ -51,7 +51,7 @@ class MissingShard(FileNotFoundError):
 
 
 class DamagedShard(ValueError):
-    """A shard object that fails to decode (a checksum, its index, its length)."""
+    """A shard object whose bytes are not those recorded at build time, or that fails to decode."""
 
 
 # ----- opening and checking a split -----
@@ -167,7 +167,7 @@ class ShardReader:
             self._read_into(name, segment, shard, slot)
         except (ValueError, RuntimeError) as e:  # a changed or cut object: its CRC, zstd, the index's crc32c
             arr = self.arrays[name]
-            raise DamagedShard(f"{self._where(arr, shard)} cannot be decoded ({type(e).__name__}: {e}); run "
+            raise DamagedShard(f"{self._where(arr, shard)} is damaged ({type(e).__name__}: {e}); run "
                                "`proui-data verify` on the store, and the build command with --repair to rewrite it"
                                ) from e
 
