@@ -84,10 +84,13 @@ def main(verbose: bool) -> None:
 @click.option("--holdout-labelled", metavar="SPLIT",
               help="celeba: move every image with an attribute row into split SPLIT (e.g. attr), out of its own.")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
+@click.option("--repair", is_flag=True,
+              help="Also read every finished shard and rewrite those whose bytes changed (a rerun alone rewrites "
+                   "unfinished shards and those with missing or resized objects).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, scheduler, retries, storage_options,
-          seed, occlusion_seed, template, occluders, holdout_labelled, overwrite, no_progress):
-    """Build a store from a source. Rerunning the same command resumes a killed build."""
+          seed, occlusion_seed, template, occluders, holdout_labelled, overwrite, repair, no_progress):
+    """Build a store from a source. Rerunning the same command resumes a killed build and rewrites damaged shards."""
     _check_storage_options(out, storage_options)
     # Workers may run elsewhere, in another working directory: give them absolute paths.
     root = str(Path(root).resolve()) if root else root
@@ -106,7 +109,8 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
             recipe = recipe.replace(occlusion={**(recipe.occlusion or {}), "occluders_dir": str(Path(occluders).resolve())})
             recipe = parse_recipe(recipe.to_dict(), "recipe with --occluders")
         source = get_source(source_name, root, hf_name, holdout_labelled)
-        plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options, progress=not no_progress)
+        plan = plan_build(source, recipe, out, split, limit, overwrite, storage_options, progress=not no_progress,
+                          repair=repair)
     except (RecipeError, SourceError, StoreMismatch, ValueError) as e:
         _fail(str(e))
     n = sum(len(v) for v in plan.splits.values())
@@ -116,6 +120,8 @@ def build(source_name, root, hf_name, out, recipe_path, split, limit, workers, s
     per_face = f" from {photos} photos (a row per face)" if photos else ""
     click.echo(f"{source_name}: {n} samples{per_face} in {', '.join(f'{s}={len(v)}' for s, v in plan.splits.items())};"
                f" {len(plan.todo)} shards to write, {plan.skipped} already finished")
+    for line in plan.damaged:
+        click.echo(f"rewriting a damaged shard: {line}")
     unassigned = plan.source.describe().get("unassigned_images")
     if unassigned:
         click.echo(f"note: {unassigned} images have no row in the partition file and belong to no split")
@@ -161,7 +167,7 @@ def info(store_url, as_json, storage_options):
         g = root[s]
         schema[s] = {a: {"shape": list(g[a].shape), "dtype": str(g[a].dtype),
                          "shard": list(g[a].shards or g[a].chunks), "chunk": list(g[a].chunks)}
-                     for a in g.array_keys() if a != st.DONE}
+                     for a in g.array_keys() if a not in st.BOOKKEEPING}
     attrs = dict(root.attrs)
     faces = faces_summary(attrs)
     if as_json:
@@ -196,10 +202,14 @@ def verify(store_url, storage_options):
     problems, counts = verify_store(store_url, storage_options)
     for s, c in counts.items():
         click.echo(f"{s}: {c['valid']}/{c['samples']} valid")
+        if not c["content_hashes"]:
+            click.echo(f"note: {s} has no content hashes (written before they were recorded): a changed shard is "
+                       "found only where its values fail the checks; rebuild it with --overwrite to record them")
     if problems:
         for p in problems:
             click.echo(f"DAMAGE: {p}", err=True)
-        click.echo(f"verify failed: {len(problems)} problem(s)", err=True)
+        click.echo(f"verify failed: {len(problems)} problem(s); the same build command rewrites missing, "
+                   "truncated and unfinished shards, with --repair also changed ones", err=True)
         sys.exit(1)
     click.echo("verify ok")
 

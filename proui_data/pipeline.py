@@ -382,6 +382,7 @@ class Plan:
     fingerprint: str
     todo: list[tuple[str, int]] = field(default_factory=list)
     skipped: int = 0
+    damaged: list[str] = field(default_factory=list)  # finished shards found damaged, rewritten: "split/damage"
     shard_sizes: dict[str, int] = field(default_factory=dict)  # per split: the recipe's, or the "auto" choice
 
 
@@ -403,8 +404,10 @@ class StoreMismatch(RuntimeError):
 
 def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS, limit: int | None = None,
                overwrite: bool = False, storage_options: dict | None = None,
-               detect_threads: int | None = None, progress: bool = False) -> Plan:
-    """Enumerate samples, create or reopen the store, and list the shards still to write.
+               detect_threads: int | None = None, progress: bool = False, repair: bool = False) -> Plan:
+    """Enumerate samples, create or reopen the store, and list the shards still to write: the unfinished ones
+    and the finished ones whose objects are not as recorded (`store.shard_damage`: missing or of another size;
+    with `repair` also changed bytes, reading every object).
 
     `limit` counts photos (before a detect.faces = "all" build makes one sample per face); `detect_threads`:
     threads of that build's detection pass (default `default_detect_threads()`), shown as a progress bar when
@@ -476,8 +479,11 @@ def plan_build(source: Source, recipe: Recipe, url: str, split: str = ALL_SPLITS
         plan.shard_sizes[s] = size
         group = store.create_split(root, s, len(items), fields, size, chunk, st.zstd_level)
         done = store.finished_shards(group)
+        damage = store.shard_damage(group, deep=repair) if done.any() else []
+        plan.damaged += [f"{s}/{d}" for d in damage]
+        damaged = {d.shard for d in damage}
         for k in range(len(done)):
-            if done[k]:
+            if done[k] and k not in damaged:
                 plan.skipped += 1
             else:
                 plan.todo.append((s, k))

@@ -1,4 +1,5 @@
-"""`proui-data verify`: read every shard of every array and check shapes, value ranges and landmarks."""
+"""`proui-data verify`: check every shard object of every array against the build's record of it (present,
+size, sha256), then read every shard and check shapes, value ranges and landmarks."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,7 +47,8 @@ def _check_rows(name: str, block: np.ndarray, valid: np.ndarray, rows: slice, pr
 
 
 def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[str], dict]:
-    """Return (problems, counts). No problems means every shard read back and passed the checks."""
+    """Return (problems, counts). No problems means every shard object is as the build recorded it (in a store
+    with content records: `counts[split]["content_hashes"]`), read back and passed the checks."""
     problems: list[str] = []
     counts: dict = {}
     try:
@@ -73,32 +75,65 @@ def verify_store(url: str, storage_options: dict | None = None) -> tuple[list[st
         done = store.finished_shards(g)
         if not done.all():
             problems.append(f"{s}: {int((~done).sum())} of {done.size} shards not finished (rerun the build)")
-        names = [a for a in g.array_keys() if a != store.DONE]
+        names = [a for a in g.array_keys() if a not in store.BOOKKEEPING]
         for a in names:
             arr = g[a]
             if arr.shape[0] != n:
                 problems.append(f"{s}/{a}: {arr.shape[0]} rows, expected {n}")
             if arr.shards is not None and arr.shards[0] != size:
                 problems.append(f"{s}/{a}: shard size {arr.shards[0]} != {size}")
-        try:
-            valid_all = g["valid"][:].astype(bool)
-            reasons = g["reject_reason"][:]
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{s}: cannot read valid/reject_reason: {e}")
+        hashed = store.has_digests(g)
+        # first what is lost or changed, every object of every finished shard, whatever else is wrong
+        damage = store.shard_damage(g) if hashed else []
+        problems += [f"{s}/{d}" for d in damage]
+        untrusted = {(d.array, d.shard) for d in damage}
+        if not {"valid", "reject_reason"} <= set(names):
+            problems.append(f"{s}: no valid/reject_reason arrays: not a proui split")
             continue
-        if any(not str(r) for r in reasons[~valid_all]):
+        # per shard, leaving out the damaged ones: a lost `valid` object must not read as rejected rows
+        valid_all, reasons, trusted = np.zeros(n, bool), np.full(n, "", object), np.ones(n, bool)
+        for k in range(done.size):
+            rows = slice(*store.shard_range(k, size, n))
+            if {("valid", k), ("reject_reason", k)} & untrusted:
+                trusted[rows] = False
+                continue
+            try:
+                valid_all[rows], reasons[rows] = g["valid"][rows], g["reject_reason"][rows]
+            except Exception as e:  # noqa: BLE001 - damage in a store without records
+                problems.append(f"{s}/valid, reject_reason shard {k}: unreadable: {type(e).__name__}: {e}")
+                trusted[rows] = False
+        if not hashed:
+            problems += _missing_unrecorded(s, g, names, valid_all)
+        if any(not str(r) for r in reasons[~valid_all & trusted]):
             problems.append(f"{s}: rejected rows without a reason")
-        if any(str(r) for r in reasons[valid_all]):
+        if any(str(r) for r in reasons[valid_all & trusted]):
             problems.append(f"{s}: valid rows with a reject reason")
         for k in range(done.size):
             start, stop = store.shard_range(k, size, n)
             valid = valid_all[start:stop]
             for a in names:
+                if (a, k) in untrusted:
+                    continue  # reported above; its values would only repeat it
                 try:
                     block = g[a][start:stop]
                 except Exception as e:  # noqa: BLE001 - a damaged shard
                     problems.append(f"{s}/{a} shard {k}: unreadable: {type(e).__name__}: {e}")
                     continue
                 _check_rows(a, block, valid, slice(start, stop), problems, eyes_at)
-        counts[s] = {"samples": int(n), "valid": int(valid_all.sum())}
+        counts[s] = {"samples": int(n), "valid": int(valid_all.sum()), "content_hashes": hashed}
     return problems, counts
+
+
+def _missing_unrecorded(split: str, group, names: list[str], valid: np.ndarray) -> list[str]:
+    """In a split without content records: the objects absent where a valid row says they must be there
+    (`store.expected_objects`; zarr would read them as the fill value)."""
+    n, size = valid.size, group.attrs["shard_size"]
+    problems = []
+    for a, expected in store.expected_objects(group, names, valid, size).items():
+        shards = np.flatnonzero(expected.required).tolist()
+        paths = [store.shard_object(group[a], k) for k in shards]
+        for k, path, got in zip(shards, paths, store.object_sizes(paths)):
+            if got is None:
+                start, stop = store.shard_range(k, size, n)
+                problems.append(f"{split}/{a} shard {k} (rows {start}:{stop}): object {path.path} missing")
+    return problems

@@ -152,8 +152,9 @@ def test_s3_store_on_a_cluster_through_storage_options(celeba40, start_cluster, 
         assert r.exit_code == 0 and png.stat().st_size > 10_000, r.output
 
         # the same samples as the local build with shards of 2 (only the shard bookkeeping differs)
-        remote = {f"{s}/{a}": v for s, a, v in _arrays(url, s3.storage_options) if a != store.DONE}
-        reference = {k: v for k, v in arrays_of(local).items() if k.startswith("val/") and not k.endswith(store.DONE)}
+        remote = {f"{s}/{a}": v for s, a, v in _arrays(url, s3.storage_options) if a not in store.BOOKKEEPING}
+        reference = {k: v for k, v in arrays_of(local).items()
+                     if k.startswith("val/") and k.split("/")[-1] not in store.BOOKKEEPING}
         assert remote.keys() == reference.keys()
         for k in reference:
             np.testing.assert_array_equal(remote[k], reference[k], err_msg=k)

@@ -1,4 +1,4 @@
-"""The one private zarr call the loader makes (`proui_train.data.shards.run_store_io`, which wraps
+"""The one private zarr call the store and the loader make (`proui_data.store.run_store_io`, which wraps
 `zarr.core.sync.sync`): zarr 3.1 has no public way to run a store coroutine from a plain thread. This fails
 first, naming the call, when a zarr release moves or changes it."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.buffer import cpu, default_buffer_prototype
 
-from proui_train.data.shards import run_store_io
+from proui_data.store import run_store_io
 
 
 def test_zarr_sync_still_runs_store_coroutines_from_a_thread():
@@ -17,7 +17,7 @@ def test_zarr_sync_still_runs_store_coroutines_from_a_thread():
         from zarr.core.sync import sync
     except ImportError as error:
         pytest.fail(f"zarr {zarr.__version__} no longer has zarr.core.sync.sync, which "
-                    f"proui_train/data/shards.py:run_store_io calls: find its replacement ({error})")
+                    f"proui_data/store.py:run_store_io calls: find its replacement ({error})")
     assert "coro" in inspect.signature(sync).parameters, (
         f"zarr {zarr.__version__} changed zarr.core.sync.sync{inspect.signature(sync)}: check run_store_io")
 

@@ -15,7 +15,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import plan
 from .plan import Batch, EpochControl, SampleCounter, Segment, SplitRows
-from .shards import Location, SegmentWindow, ShardReader, gather_rows, inspect_split, is_string, open_split
+from .shards import (Location, SegmentWindow, ShardReader, expected_objects, gather_rows, inspect_split, is_string,
+                     open_split)
 
 if TYPE_CHECKING:
     from .ring import BatchRing
@@ -81,6 +82,7 @@ class StoreDataset(IterableDataset):
         group = self._group()
         self.n_samples, self.shard_size, self._specs = inspect_split(group, split, self.arrays, store)
         self.valid = np.asarray(group["valid"][:], dtype=bool)
+        self._expected = expected_objects(group, list(self.arrays), self.valid, self.shard_size)  # checked as read
         self._group_handle = None  # keep no zarr handle in what gets pickled
         self._rows = SplitRows.from_valid(self.valid, self.n_samples, self.shard_size)
         self.samples_per_rank = int(self.valid.sum()) // world_size
@@ -195,7 +197,7 @@ class StoreDataset(IterableDataset):
         ring = self._ring if get_worker_info() is not None else None
         generation = ring.current_generation() if ring is not None else 0
         seg, rows = seg[start:], rows[start:]
-        reader = ShardReader(self._array_handles(), self.shard_size)
+        reader = ShardReader(self._array_handles(), self.shard_size, self._expected)
         try:
             window = SegmentWindow(reader, segments, seg)
             # items stay on the role's own grid of `block` samples (a resumed role may start mid-batch)

@@ -7,7 +7,9 @@ one shard ahead of use: `SegmentWindow`) into reused buffers and gathers batches
 (`gather_rows`). Shards laid out the way the pipeline writes them (inner chunks bytes + zstd, crc32c index at
 the end) are fetched as one object and decoded straight into the buffer (`shard_decoder`: 3-4x less CPU than
 zarr's general read path); any other layout, and the partial shards at the ends of a worker's share, are read
-with `arr.get_basic_selection(start:stop)`.
+with `arr.get_basic_selection(start:stop)`. A shard object the store must hold but does not, or whose bytes
+are not those recorded at build time (`proui_data.store.expected_objects`: its CRC-32C), is an error naming
+it, never the fill values or the wrong values zarr would serve in its place.
 
 The zarr store is opened lazily in each process and never pickled: zarr's I/O thread does not survive `fork`.
 """
@@ -18,9 +20,9 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import zarr
@@ -28,9 +30,9 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.storage import LocalStore, StorePath
 
-from .plan import Batch, Segment
+from proui_data.store import Expected, crc32c, expected_objects, run_store_io, shard_object
 
-T = TypeVar("T")
+from .plan import Batch, Segment
 
 # per array: (shape of one sample, dtype)
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -42,6 +44,14 @@ _MISSING = 2**64 - 1  # a shard index entry of an absent chunk
 
 def is_string(dtype: Any) -> bool:
     return np.dtype(dtype).kind in "UOT"
+
+
+class MissingShard(FileNotFoundError):
+    """A shard object the build wrote is gone from the store."""
+
+
+class DamagedShard(ValueError):
+    """A shard object whose bytes are not those recorded at build time, or that fails to decode."""
 
 
 # ----- opening and checking a split -----
@@ -127,8 +137,11 @@ class ShardReader:
     otherwise costs as much as the decompression.
     """
 
-    def __init__(self, arrays: dict[str, zarr.Array], shard_size: int) -> None:
-        self.arrays, self.shard_size = arrays, shard_size
+    def __init__(self, arrays: dict[str, zarr.Array], shard_size: int,
+                 expected: dict[str, Expected] | None = None) -> None:
+        """`expected`: per array, which shard objects must exist and their CRC-32C (`expected_objects`); None:
+        nothing checked."""
+        self.arrays, self.shard_size, self.expected = arrays, shard_size, expected or {}
         self.decoders = {name: shard_decoder(arr) for name, arr in arrays.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(len(arrays), 8))
         self.free: list[dict[str, np.ndarray]] = []
@@ -149,20 +162,60 @@ class ShardReader:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_one(self, name: str, segment: Segment, slot: dict[str, np.ndarray]) -> None:
+        shard = segment.start // self.shard_size
+        try:
+            self._read_into(name, segment, shard, slot)
+        except (ValueError, RuntimeError) as e:  # a changed or cut object: its CRC, zstd, the index's crc32c
+            arr = self.arrays[name]
+            raise DamagedShard(f"{self._where(arr, shard)} is damaged ({type(e).__name__}: {e}); run "
+                               "`proui-data verify` on the store, and the build command with --repair to rewrite it"
+                               ) from e
+
+    def _read_into(self, name: str, segment: Segment, shard: int, slot: dict[str, np.ndarray]) -> None:
         arr, selection = self.arrays[name], slice(segment.start, segment.stop)
+        expected = self.expected.get(name)
+        required = expected is not None and bool(expected.required[shard])
+        crc = expected.crc32c.get(shard) if expected is not None else None
+        decoder = self.decoders[name]
+        if decoder is not None and not is_string(arr.dtype) and segment.stop - segment.start == self.shard_size:
+            data = self._shard_bytes(arr, shard)
+            self._check(arr, shard, data, required, crc)
+            decoder(data, slot[name])
+            return
+        # zarr's read (strings, short reads, other layouts) fills an absent object silently: checked first, at the
+        # cost of a second request for the object
+        if crc is not None:
+            data = run_store_io(shard_object(arr, shard).get(prototype=default_buffer_prototype()))
+            self._check(arr, shard, None if data is None else data.to_bytes(), required, crc)
+        elif required and not run_store_io(shard_object(arr, shard).exists()):
+            self._missing(arr, shard)
         if is_string(arr.dtype):
             slot[name] = np.asarray(arr[selection])
-            return
-        decoder = self.decoders[name]
-        if decoder is not None and segment.stop - segment.start == self.shard_size:
-            decoder(self._shard_bytes(arr, segment.start // self.shard_size), slot[name])
             return
         out = default_buffer_prototype().nd_buffer.from_numpy_array(slot[name][:segment.stop - segment.start])
         arr.get_basic_selection(selection, out=out)
 
+    def _where(self, arr: zarr.Array, shard: int) -> str:
+        start = shard * self.shard_size
+        return (f"{arr.path} shard {shard} (rows {start}:{min(start + self.shard_size, arr.shape[0])}): object "
+                f"{shard_object(arr, shard).path} of {arr.store_path.store}")
+
+    def _check(self, arr: zarr.Array, shard: int, data: bytes | memoryview | None, required: bool,
+               crc: int | None) -> None:
+        """Refuse an object that must exist and does not, or whose bytes are not the recorded ones."""
+        if data is None:
+            if required:
+                self._missing(arr, shard)
+        elif crc is not None and crc32c(data) != crc:
+            raise ValueError(f"CRC-32C of its {len(data)} bytes differs from the one recorded at build time")
+
+    def _missing(self, arr: zarr.Array, shard: int) -> None:
+        raise MissingShard(f"{self._where(arr, shard)} is missing (zarr would read fill values); run `proui-data "
+                           "verify` on the store, and the build command again to rewrite it")
+
     def _shard_bytes(self, arr: zarr.Array, shard: int) -> memoryview | None:
         """The stored object of one shard (None: never written), in one request."""
-        path = arr.store_path / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+        path = shard_object(arr, shard)
         file = _local_file(path)
         if file is not None:
             return self._read_file(file)
@@ -234,20 +287,6 @@ def _local_file(path: StorePath) -> str | None:
     if not isinstance(path.store, LocalStore):
         return None
     return os.path.join(str(path.store.root), *path.path.split("/"))
-
-
-def run_store_io(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a zarr store coroutine (`StorePath.get`, ...) to completion from a plain (non-async) thread.
-
-    The one private zarr call in the loader. zarr 3.1 has no public synchronous read of a raw key for every
-    store (`StorePath.get_sync` exists only for the local and memory stores), and a store must be driven from
-    zarr's own event-loop thread (an fsspec HTTP or S3 session made on that loop fails on any other loop).
-    `zarr.core.sync.sync` is what zarr's synchronous API uses for exactly this; tests/test_zarr_private.py
-    fails, naming this function, if a zarr release moves or changes it.
-    """
-    from zarr.core.sync import sync
-
-    return sync(coro)
 
 
 def shard_decoder(arr: zarr.Array) -> Callable[[bytes | memoryview | None, np.ndarray], None] | None:
