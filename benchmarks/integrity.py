@@ -1,6 +1,6 @@
 """What the content records cost: verify, a rerun's check and the loader, on a real store.
 
-Copies a store written before content records (default /work/data/celeba.zarr) twice: as it is, and rewritten
+Copies a store written before content records (default celeba.zarr) twice: as it is, and rewritten
 shard by shard through `store.write_shard` (what a build writes today, with the `_shard_digests` record),
 values unchanged. Then, best of `--repeats` with the files in the page cache:
 
@@ -12,7 +12,7 @@ values unchanged. Then, best of `--repeats` with the files in the page cache:
   same objects held in memory: their CRC-32C, their sha256, and the decode of their chunks re-compressed
   with zstd frame checksums (the alternative: zstd then hashes every decompressed byte).
 
-    OMP_NUM_THREADS=1 python benchmarks/integrity.py [--store /work/data/celeba.zarr] [--workdir /tmp/proui-integrity]
+    OMP_NUM_THREADS=1 python benchmarks/integrity.py [--store celeba.zarr] [--workdir /tmp/proui-integrity]
 
 The baseline for verify before content records is the same command's `verify` of the older code, timed on
 the same copy (docs/benchmarks.md gives both).
@@ -120,7 +120,7 @@ def decode_frames(frames: list[tuple[bytes, int]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default="/work/data/celeba.zarr")
+    ap.add_argument("--store", default="celeba.zarr")
     ap.add_argument("--workdir", default="/tmp/proui-integrity")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
