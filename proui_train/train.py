@@ -243,6 +243,8 @@ def resume_from(run_dir: Path, trainer: ProUIGANTrainer, batcher: DeviceBatcher,
     batcher.load_state_dict(ranks[rank]["loader"])
     set_rng_state(ranks[rank]["rng"], device)
     aug_rng.set_state(ranks[rank]["aug_rng"].to(torch.uint8).cpu())
+    if rank == 0:
+        log.info("resumed from %s at step %d (epoch %d)", folder, ck["step"], ck["epoch"])
     return Progress(ck["step"], ck["epoch"], ck["nonfinite"])
 
 
@@ -285,8 +287,6 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     at = Progress()
     if resume and has_checkpoint(run_dir):
         at = resume_from(run_dir, trainer, batcher, aug_rng, rank, world, device)
-        if master:
-            log.info("resumed at step %d (epoch %d)", at.step, at.epoch)
     else:
         batcher.set_epoch(at.epoch)
     recorder = Recorder(run_dir, cfg, master, from_step=at.step)
