@@ -63,7 +63,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, master: bool) 
         log.warning("--overwrite: removing the earlier run in %s", run_dir)
         for name in earlier:
             path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def check_splits(cfg: TrainConfig) -> bool:
