@@ -138,7 +138,7 @@ def main() -> None:
     steps = 2 if a.tiny else max(100, int(a.train_seconds * sps / batch))
     run_cfg = gpu_config(a.data, a.run_dir, batch, steps, a.reference, str(device))
     t0 = time.perf_counter()
-    result = train_mod.train(run_cfg, progress=False)
+    result = train_mod.train(run_cfg, progress=False, overwrite=True)  # a rerun times a fresh run
     report["train"] = {"steps": steps, "seconds": time.perf_counter() - t0,
                        "final_losses": {k: v for k, v in result.items() if k.startswith("loss/")}}
     print("trained", steps, "steps in", round(report["train"]["seconds"], 1), "s", flush=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data.shards import open_split
+from .data import open_split, open_store
 
 ATTRIBUTES = ("Smiling", "Mouth_Slightly_Open", "Male", "Eyeglasses")
 INPUT_SIZE = 64  # faces are area-reduced from 128: attributes live in coarse structure, and it is 4x cheaper
@@ -119,10 +119,8 @@ def read_labelled(store: str, split: str, names: Sequence[str] = ATTRIBUTES
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(hr (N,128,128,3) uint8, labels (N,A) +1/-1, identities (N,), keys) of the valid rows of `split`
     that have every attribute in `names` labelled."""
-    import zarr
-
-    group = open_split(store, split, None)
-    root = zarr.open_group(store, mode="r")
+    group = open_split(store, split)
+    root = open_store(store)
     stored = list(root.attrs.get("attribute_names") or (root.attrs.get("source") or {}).get("attribute_names") or [])
     if "attributes" not in group.array_keys() or not stored:
         raise ValueError(f"{store} split {split!r} has no attribute labels (build CelebA with its attribute file)")

@@ -12,15 +12,19 @@ import torch
 
 from proui_data.align import TEMPLATES
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, config_from_dict, load_config
+from .data import StoreError
 from .evaluate import evaluate
 from .infer import InferError, infer_paths
 from .release import PublishError, publish_weights, save_release
-from .report import picture_grid, plot_curves
+from .report import ReportError, picture_grid, plot_curves, run_config
 from .restore import DEFAULT_MIN_EYE_DISTANCE
 from .runtime import generator_from_checkpoint, run_template
-from .train import TrainingStopped, train
+from .train import RunDirError, TrainingStopped, train
+
+# Errors that say in one line what is wrong with an input: printed as `error: ...`, exit 2, no traceback.
+USER_ERRORS = (CheckpointError, ConfigError, PublishError, ReportError, RunDirError, StoreError, TrainingStopped)
 
 
 def _rank() -> int:
@@ -33,7 +37,19 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """Every command's expected failures end in one `error:` line and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            _fail(str(e))
+        except FileNotFoundError as e:
+            _fail(f"{e.filename or e}: {e.strerror or 'not found'}" if e.filename else str(e))
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool) -> None:
     """Train and evaluate Pro-UIGAN on proui stores."""
@@ -53,24 +69,19 @@ def main(verbose: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="data.batch_size")
 @click.option("--workers", type=click.IntRange(min=0), help="data.workers (DataLoader processes)")
 @click.option("--device", help="auto | cpu | cuda | cuda:N")
-@click.option("--resume", is_flag=True, help="Continue from run_dir/latest, loader position included.")
+@click.option("--resume", is_flag=True, help="Continue from run_dir/latest, loader position included (a damaged "
+              "latest: the previous checkpoint). Without a checkpoint: a fresh start.")
+@click.option("--overwrite", is_flag=True, help="Remove an earlier run in run_dir and start again (without it, or "
+              "--resume, a run_dir that holds a run is refused).")
 @click.option("--set", "sets", multiple=True, help="Any config key: --set optim.lr_g=2e-4 (repeatable).")
 @click.option("--no-progress", is_flag=True)
-def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, sets, no_progress):
+def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, overwrite, sets, no_progress):
     """Train Pro-UIGAN: one process, or DDP under `torchrun --nproc-per-node N -m proui_train.cli run`."""
     overrides = {k: v for k, v in {"data.store": data, "steps": steps, "run_dir": run_dir,
                                    "data.batch_size": batch_size, "data.workers": workers,
                                    "device": device}.items() if v is not None}
-    try:
-        cfg = load_config(config_path, overrides, list(sets))
-    except ConfigError as e:
-        _fail(str(e))
-    try:
-        result = train(cfg, resume=resume, progress=not no_progress)
-    except TrainingStopped as e:
-        _fail(str(e))
-    except (FileNotFoundError, KeyError) as e:
-        _fail(f"{type(e).__name__}: {e}")
+    cfg = load_config(config_path, overrides, list(sets))
+    result = train(cfg, resume=resume, progress=not no_progress, overwrite=overwrite)
     if _rank() == 0:
         click.echo(json.dumps(result, indent=2))
 
@@ -87,15 +98,20 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
               help="The store's input array (default: lr_occluded when the store has it, else lr).")
 @click.option("--out", "out_path", default="metrics.json", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Faces per forward pass: memory grows with it; the figures do not change.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N faces of each set or split.")
 @click.option("--no-identity", is_flag=True, help="Skip the dlib identity similarity (slow on CPU).")
-def eval_cmd(checkpoint, baseline, benchmark, data, split, input_name, out_path, device, no_identity):
+def eval_cmd(checkpoint, baseline, benchmark, data, split, input_name, out_path, device, batch_size, limit,
+             no_identity):
     """PSNR/SSIM (Y and RGB), inside/outside occlusions, landmark NME and identity similarity."""
     if bool(checkpoint) == bool(baseline):
         _fail("give exactly one of --checkpoint or --baseline")
     if not benchmark and not data:
         _fail("give --benchmark DIR and/or --data STORE")
     results = evaluate(checkpoint=checkpoint, baseline=baseline, benchmark=benchmark, store=data, split=split,
-                       device=device, identity=not no_identity, store_input=input_name)
+                       device=device, identity=not no_identity, store_input=input_name, batch_size=batch_size,
+                       limit=limit)
     with open(out_path, "w") as f:
         json.dump(results, f, indent=2)
     for name, m in results.items():
@@ -118,11 +134,14 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
     if labels and len(labels) != len(run_dirs):
         _fail(f"{len(labels)} --label for {len(run_dirs)} runs")
     summary = plot_curves(list(run_dirs), out_path, list(labels) or None)
+    if not any(k != "bicubic" for k in summary):
+        click.echo("warning: no validation rows in the runs' metrics.jsonl: the figure has no curve (validation "
+                   "runs every val_every steps; val_every = 0 or > steps turns it off)", err=True)
     for k, v in summary.items():
         click.echo(f"{k}: {v:.3f}")
     click.echo(f"wrote {out_path}")
     if grid_path:
-        store = data or json.loads((Path(run_dirs[0]) / "config.json").read_text())["data"]["store"]
+        store = data or run_config(run_dirs[0]).data.store
         click.echo(f"wrote {picture_grid(list(run_dirs), store, split, grid_path, n_faces)}")
 
 

@@ -109,9 +109,47 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("model.prior = 'fan' needs model.fan_weights (a local face-alignment FAN file)")
     if cfg.optim.schedule not in ("constant", "cosine", "step", "wsd"):
         raise ConfigError(f"optim.schedule: {cfg.optim.schedule!r} is not constant, cosine, step or wsd")
-    if cfg.steps < 1 or cfg.data.batch_size < 1:
-        raise ConfigError("steps and data.batch_size must be >= 1")
+    for key, value in _numbers(cfg):
+        low, strict = _LOWEST.get(key.rsplit(".", 1)[-1] if key.startswith("loss.") else key, (None, False))
+        if low is not None and (value <= low if strict else value < low):
+            raise ConfigError(f"{key} = {value!r}: must be {'>' if strict else '>='} {low:g}")
+    if not 0 <= cfg.optim.ema_decay <= 1:
+        raise ConfigError(f"optim.ema_decay = {cfg.optim.ema_decay!r}: must lie in [0, 1]")
+    if not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas = {list(cfg.optim.betas)}: each must lie in [0, 1)")
+    if cfg.optim.schedule == "step" and cfg.optim.step_every < 1:
+        raise ConfigError("optim.schedule = 'step' needs optim.step_every >= 1")
     return cfg
+
+
+# The lowest allowed value of each numeric key (and whether it is excluded); loss weights by their own name.
+_LOWEST: dict[str, tuple[float, bool]] = {
+    "steps": (1, False), "log_every": (1, False), "val_every": (0, False), "val_batches": (1, False),
+    "val_batch_size": (0, False), "ckpt_every": (0, False), "keep_checkpoints": (1, False),
+    "image_every": (0, False), "max_nonfinite": (1, False),
+    "data.batch_size": (1, False), "data.workers": (0, False), "data.shuffle_shards": (1, False),
+    "data.heatmap_sigma": (0, True),
+    "model.heads": (1, False), "model.init_bias_std": (0, False),
+    "optim.lr_g": (0, True), "optim.lr_d": (0, False), "optim.step_every": (0, False),
+    "optim.decay_steps": (0, False), "optim.warmup": (0, False), "optim.grad_clip": (0, False),
+    "optim.gan_start": (0, False),
+    **{w: (0, False) for w in ("face_l2", "out_l2", "heatmap", "prior", "tv", "style", "perceptual",
+                               "adversarial", "local_adversarial", "mask_weight")},
+}
+
+
+def _numbers(cfg: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every number of a config, one entry per element of a tuple."""
+    out: list[tuple[str, float]] = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out += _numbers(value, key + ".")
+        elif isinstance(value, tuple):
+            out += [(key, v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((key, value))
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -143,6 +181,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    if sets or overrides:
+        where += " and the command line"
     try:
         return _check(_build(TrainConfig, data, ""))
     except ConfigError as e:

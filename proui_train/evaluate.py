@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from proui_data.align import template_box
 from proui_data.schema import HR_SIZE
 
+from .data import StoreError, open_split, open_store
 from .metrics import quality
 from .report import bicubic
 from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
@@ -137,7 +138,7 @@ def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(torch.cat([c[k] for c in chunks]).double().nanmean()) for k in keys}
 
 
-def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 32,
+def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bool, batch: int = 16,
                     limit: int | None = None) -> dict[str, Any]:
     hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
     box = template_box("fsrnet")  # the sets' own frame, whatever frame the model was trained in
@@ -177,38 +178,40 @@ def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
     return out
 
 
-def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 64,
-                   input_name: str | None = None) -> dict[str, Any]:
-    """Metrics on a store split; `input_name`: "lr_occluded" (default when the store has it) or "lr"."""
-    import zarr
-
-    root = zarr.open_group(store, mode="r")
-    g = root[split]
+def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 16,
+                   input_name: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Metrics on a store split (its first `limit` valid faces); `input_name`: "lr_occluded" (default when the
+    store has it) or "lr". Every figure is per face, so `batch` (faces per forward pass) changes the memory
+    and not the result."""
+    root = open_store(store)
+    g = open_split(root, split)
     box = template_box((root.attrs.get("template") or {}).get("name", "celeba"))  # the store's frame
-    valid = np.flatnonzero(g["valid"][:])
+    valid = np.flatnonzero(g["valid"][:])[:limit]
     inp = input_name or ("lr_occluded" if "lr_occluded" in g.array_keys() else "lr")
     if inp not in g.array_keys():
-        raise KeyError(f"{store} split {split!r} has no {inp!r} array")
+        raise StoreError(f"{store} split {split!r} has no {inp!r} array; arrays: {sorted(g.array_keys())}")
     has_mask = inp == "lr_occluded" and "occlusion_mask" in g.array_keys()  # clean input: no inside/outside
     kinds_all = g["occlusion_kind"][:] if has_mask and "occlusion_kind" in g.array_keys() else None
     chunks, ids, nmes, kinds = [], [], [], []
-    size = g.attrs["shard_size"]
-    for start in range(0, g.attrs["n_samples"], size):  # whole shards
+    size, n_samples = g.attrs["shard_size"], g.attrs["n_samples"]
+    for start in range(0, n_samples, size):  # whole shards, each read once
         rows = valid[(valid >= start) & (valid < start + size)] - start
         if rows.size == 0:
             continue
-        sl = slice(start, min(start + size, g.attrs["n_samples"]))
+        sl = slice(start, min(start + size, n_samples))
+        shard = {"hr": g["hr"][sl], "lr": g[inp][sl], "mask": g["occlusion_mask"][sl] if has_mask else None,
+                 "landmarks": g["landmarks"][sl] if predict is not None else None}
         for r0 in range(0, rows.size, batch):
             r = rows[r0:r0 + batch]
-            hr = torch.from_numpy(g["hr"][sl][r]).permute(0, 3, 1, 2).float()
-            lr = torch.from_numpy(g[inp][sl][r]).permute(0, 3, 1, 2).float()
-            mask = torch.from_numpy(g["occlusion_mask"][sl][r]).float()[:, None] / 255 if has_mask else None
+            hr = torch.from_numpy(shard["hr"][r]).permute(0, 3, 1, 2).float()
+            lr = torch.from_numpy(shard["lr"][r]).permute(0, 3, 1, 2).float()
+            mask = torch.from_numpy(shard["mask"][r]).float()[:, None] / 255 if has_mask else None
             if predict is None:
                 sr = bicubic(lr)
             else:
                 sr, points = predict(lr)
                 if points is not None:
-                    nmes.append(nme(points.numpy(), g["landmarks"][sl][r]))
+                    nmes.append(nme(points.numpy(), shard["landmarks"][r]))
             chunks.append(quality(sr, hr, mask))
             if kinds_all is not None:
                 kinds.extend(kinds_all[start + r])
@@ -226,8 +229,11 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
 
 def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
              split: str = "test", device: str = "auto", identity: bool = True, limit: int | None = None,
-             store_input: str | None = None) -> dict[str, Any]:
-    """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}."""
+             store_input: str | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}; `batch_size`
+    faces per forward pass, `limit` the first faces of each set."""
+    if store:
+        open_split(store, split)  # a missing store or split fails before the model is loaded
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
     results: dict[str, Any] = {"method": baseline or str(checkpoint)}
@@ -239,12 +245,11 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
         root = Path(benchmark)
         for name, (hr_dir, _) in FSRNET_SETS.items():
             if (root / hr_dir).is_dir():
-                results[name] = evaluate_fsrnet(root, name, predict, identity, limit=limit)
+                results[name] = evaluate_fsrnet(root, name, predict, identity, batch=batch_size, limit=limit)
     if store:
-        import zarr
-
-        _check_frame(frame, (zarr.open_group(store, mode="r").attrs.get("template") or {}).get("name", "celeba"), store)
-        results[f"store/{split}"] = evaluate_store(store, split, predict, identity, input_name=store_input)
+        _check_frame(frame, (open_store(store).attrs.get("template") or {}).get("name", "celeba"), store)
+        results[f"store/{split}"] = evaluate_store(store, split, predict, identity, batch=batch_size,
+                                                   input_name=store_input, limit=limit)
     return results
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from proui_data.publish import PublishError, find_token, scrub
 
+from .checkpoint import CheckpointError, damaged
 from .config import TrainConfig, config_from_dict
 
 CONFIG_KEY = "proui_config"
@@ -58,8 +59,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     file = weights_path(path)
     if file is None:
         raise FileNotFoundError(f"{path}: not a .safetensors file or a release folder holding {WEIGHTS}")
-    with safe_open(str(file), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise damaged(file, e) from None
 
 
 def recorded_template(path: str | Path) -> str | None:
@@ -81,9 +85,13 @@ def load_weights_file(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Te
     """(training config, state dict) of a release."""
     meta = read_metadata(path)
     if CONFIG_KEY not in meta:
-        raise ValueError(f"{path}: no {CONFIG_KEY!r} in the weights' metadata: not a proui release "
-                         "(a bare from_pretrained folder loads with ProUIGAN.from_pretrained)")
-    return config_from_dict(meta[CONFIG_KEY]), load_file(str(weights_path(path)))
+        raise CheckpointError(f"{path}: no {CONFIG_KEY!r} in the weights' metadata: not a proui release "
+                              "(a bare from_pretrained folder loads with ProUIGAN.from_pretrained)")
+    file = weights_path(path)
+    try:
+        return config_from_dict(meta[CONFIG_KEY]), load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise damaged(file, e) from None
 
 
 def publish_weights(folder: str | Path, repo_id: str, *, dry_run: str | Path | None = None,

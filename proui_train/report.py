@@ -13,20 +13,32 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 
 from proui_data.schema import HR_SIZE
 
 from .config import config_from_dict
+from .data import open_split
 from .metrics import quality
 from .runtime import from_uint8, load_generator, to_uint8
 
 
+class ReportError(ValueError):
+    """A folder that is not a training run, in one line."""
+
+
 def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(step, value), ...]} of a run's metrics.jsonl (validation and loss lines alike)."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        what = "a release folder has weights, not curves" if (Path(run_dir) / "model.safetensors").is_file() \
+            else "give the run_dir of a `proui-train run`"
+        raise ReportError(f"{run_dir}: not a training run (no metrics.jsonl): {what}")
     curves: dict[str, list[tuple[int, float]]] = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for number, line in enumerate(metrics.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:  # the last line of a killed run may be cut short
+            raise ReportError(f"{metrics}:{number}: not a JSON line (damaged)") from None
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 curves.setdefault(k, []).append((row["step"], float(v)))
@@ -36,7 +48,7 @@ def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 def read_faces(store: str, split: str, n: int, input_name: str = "lr_occluded", start: int = 0
                ) -> dict[str, np.ndarray]:
     """The first `n` valid samples from `start` of a split: hr (n,128,128,3), lr (n,16,16,3), mask or None."""
-    g = zarr.open_group(store, mode="r")[split]
+    g = open_split(store, split)
     rows = np.flatnonzero(g["valid"][:])
     rows = rows[rows >= start][:n]
     name = input_name if input_name in g.array_keys() else "lr"
@@ -60,9 +72,20 @@ def hallucinate(model: torch.nn.Module, lr: torch.Tensor, batch: int = 16) -> to
     return torch.cat([to_uint8(model(from_uint8(lr[i:i + batch]))["final"]) for i in range(0, len(lr), batch)])
 
 
+def run_config(run_dir: str | Path):
+    """The TrainConfig a run folder recorded (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ReportError(f"{run_dir}: not a training run (no config.json)") from None
+    except ValueError as e:  # damaged JSON, or a ConfigError
+        raise ReportError(f"{path}: {e}") from None
+
+
 def bicubic_val_psnr(run_dir: str | Path) -> float | None:
     """Bicubic PSNR-Y on the validation faces the run's validation used (its first val_batches batches)."""
-    cfg = config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    cfg = run_config(run_dir)
     n = cfg.val_batches * (cfg.val_batch_size or cfg.data.batch_size)
     try:
         faces = read_faces(cfg.data.store, cfg.data.val_split, n, cfg.data.input)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import zarr
 
 from proui_data.schema import HR_SIZE
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_latest, save_checkpoint
 from .config import TrainConfig
-from .data import DeviceBatcher, StoreDataset, make_loader
+from .data import DeviceBatcher, StoreDataset, make_loader, open_split
 from .metrics import quality
 from .runtime import pick_device, seed_everything, to_uint8
 from .trainer import ProUIGANTrainer, unwrap
@@ -36,6 +36,55 @@ log = logging.getLogger(__name__)
 
 class TrainingStopped(RuntimeError):
     pass
+
+
+class RunDirError(ValueError):
+    """A run folder that already holds a run, without --resume or --overwrite."""
+
+
+# What a run writes into its folder; `--overwrite` removes these and nothing else.
+RUN_FILES = ("latest", "metrics.jsonl", "config.json", "tb", "step-*", ".tmp-step-*", ".latest-*")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, master: bool) -> None:
+    """Refuse to start a fresh run over an earlier one: a second run would restart at step 0, replace its
+    checkpoints and append repeated steps to its metrics. `resume` continues it; `overwrite` (rank 0)
+    removes what the earlier run wrote."""
+    if resume and overwrite:
+        raise RunDirError("give --resume or --overwrite, not both")
+    earlier = sorted(p.name for pattern in RUN_FILES for p in run_dir.glob(pattern))
+    if not earlier or resume:
+        return
+    if not overwrite:
+        raise RunDirError(f"{run_dir} already holds a run ({', '.join(earlier[:4])}"
+                          f"{', ...' if len(earlier) > 4 else ''}): continue it with --resume, start it again "
+                          "with --overwrite, or give another --run-dir")
+    if master:
+        log.warning("--overwrite: removing the earlier run in %s", run_dir)
+        for name in earlier:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def check_splits(cfg: TrainConfig) -> bool:
+    """Open the store's train split (StoreError when it is not there) and say whether training validates:
+    val_every > 0 and steps reach it. A val split that is not in the store is an error naming the splits it
+    has (set val_every = 0 to train without validation)."""
+    open_split(cfg.data.store, cfg.data.train_split)
+    if not cfg.val_every:
+        return False
+    try:
+        open_split(cfg.data.store, cfg.data.val_split)
+    except KeyError as e:  # StoreError: the one line names the splits the store has
+        raise type(e)(f"data.val_split: {e} (val_every = 0 trains without validation)") from None
+    if cfg.steps < cfg.val_every:
+        log.warning("steps %d < val_every %d: no validation will run, and `proui-train report` will draw no "
+                    "curve; set val_every <= steps", cfg.steps, cfg.val_every)
+        return False
+    return True
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -80,18 +129,14 @@ def validate(generator: torch.nn.Module, cfg: TrainConfig, device: torch.device,
     return {f"{prefix}/{k}": v / max(n, 1) for k, v in sums.items()}
 
 
-def _has_split(cfg: TrainConfig) -> bool:
-    try:
-        return cfg.data.val_split in zarr.open_group(cfg.data.store, mode="r").group_keys()
-    except Exception:  # noqa: BLE001 - remote stores etc.: validation is best effort
-        return False
-
-
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
+          ) -> dict[str, Any]:
     """Train for `cfg.steps` generator steps; returns the final losses and throughput.
 
+    A run folder that holds an earlier run needs `resume` (continue it) or `overwrite` (start again).
     Under `torchrun` (WORLD_SIZE > 1) every rank calls this: one process per device (gloo on CPU, nccl on
     CUDA), torn down again even when training fails."""
+    prepare_run_dir(Path(cfg.run_dir), resume, overwrite, master=int(os.environ.get("RANK", "0")) == 0)
     device = pick_device(cfg.device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _train(cfg, resume, progress, 0, 1, device)
@@ -117,12 +162,13 @@ class Progress:
 class Recorder:
     """Rank 0's outputs: metrics.jsonl, TensorBoard scalars and image grids (nothing on other ranks)."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, active: bool) -> None:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, active: bool, from_step: int = 0) -> None:
         self.writer, self.file = None, None
         if not active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        drop_rows_after(run_dir / "metrics.jsonl", from_step)
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional: scalars still go to metrics.jsonl
 
@@ -156,6 +202,25 @@ class Recorder:
             self.writer.close()
 
 
+def drop_rows_after(metrics: Path, step: int) -> None:
+    """Keep the rows of `metrics` (jsonl) up to `step`: a resumed run writes the later steps again."""
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) < len(lines):
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, metrics)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a line cut by a kill: dropped
+        return float("inf")
+
+
 def make_batcher(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> DeviceBatcher:
     """This rank's share of the train split, batched on the device."""
     arrays = ("hr", cfg.data.input, "landmarks")
@@ -171,16 +236,18 @@ def make_batcher(cfg: TrainConfig, device: torch.device, rank: int, world: int) 
 
 def resume_from(run_dir: Path, trainer: ProUIGANTrainer, batcher: DeviceBatcher, aug_rng: torch.Generator,
                 rank: int, world: int, device: torch.device) -> Progress:
-    """Load `run_dir/latest` into the trainer, this rank's loader position and random streams."""
-    ck = load_checkpoint(run_dir, device="cpu")
+    """Load `run_dir/latest` (a damaged one: the newest older checkpoint that reads) into the trainer, this
+    rank's loader position and random streams."""
+    ck, folder = load_latest(run_dir, device="cpu")
     trainer.load_state_dict(ck)
     ranks = ck.get("ranks", [ck])  # each rank's loader position and random streams (older: top level)
     if len(ranks) != world:
-        raise ValueError(f"{run_dir / 'latest'} was written by {len(ranks)} rank(s); resume it with as many, "
-                         f"not {world}")
+        raise RunDirError(f"{folder} was written by {len(ranks)} rank(s); resume it with as many, not {world}")
     batcher.load_state_dict(ranks[rank]["loader"])
     set_rng_state(ranks[rank]["rng"], device)
     aug_rng.set_state(ranks[rank]["aug_rng"].to(torch.uint8).cpu())
+    if rank == 0:
+        log.info("resumed from %s at step %d (epoch %d)", folder, ck["step"], ck["epoch"])
     return Progress(ck["step"], ck["epoch"], ck["nonfinite"])
 
 
@@ -206,6 +273,9 @@ def save_run(cfg: TrainConfig, trainer: ProUIGANTrainer, batcher: DeviceBatcher,
 def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world: int,
            device: torch.device) -> dict[str, Any]:
     master, run_dir = rank == 0, Path(cfg.run_dir)
+    if master:
+        log.info("run folder: %s", run_dir.resolve())
+    validating = check_splits(cfg) and master  # before any work: a misspelled split fails here
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
     seed_everything(cfg.seed)  # every rank starts from the same weights, so its EMA copy does too
@@ -218,13 +288,11 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     # iterator is made, which a resumed run does at a different point.
     aug_rng = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
     at = Progress()
-    if resume and (run_dir / "latest").is_file():
+    if resume and has_checkpoint(run_dir):
         at = resume_from(run_dir, trainer, batcher, aug_rng, rank, world, device)
-        if master:
-            log.info("resumed from %s at step %d (epoch %d)", run_dir / "latest", at.step, at.epoch)
     else:
         batcher.set_epoch(at.epoch)
-    recorder = Recorder(run_dir, cfg, master)
+    recorder = Recorder(run_dir, cfg, master, from_step=at.step)
     checkpoint = lambda: save_run(cfg, trainer, batcher, aug_rng, at, rank, world, device)  # noqa: E731
 
     from tqdm import tqdm
@@ -232,7 +300,6 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     bar = tqdm(total=cfg.steps, initial=at.step, disable=not (show_progress and master), dynamic_ncols=True)
     t_start, samples, wait = time.perf_counter(), 0, 0.0
     last: dict[str, float] = {}
-    validating = master and cfg.val_every and _has_split(cfg)
     while at.step < cfg.steps:
         t_ready = time.perf_counter()
         for batch in batcher:
@@ -276,4 +343,4 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     bar.close()
     checkpoint()
     recorder.close()
-    return {"step": at.step, "epoch": at.epoch, "nonfinite": at.nonfinite, **last}
+    return {"run_dir": str(run_dir), "step": at.step, "epoch": at.epoch, "nonfinite": at.nonfinite, **last}

@@ -23,7 +23,7 @@ from proui_train.targets import render_heatmaps_torch
 
 from .augment import flip_batch
 from .config import TrainConfig
-from .data.shards import open_split
+from .data import open_split
 from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
 from .runtime import build_generator
@@ -106,7 +106,7 @@ def local_crop_corners(mask: torch.Tensor | None, batch: int, size: int = HR_SIZ
 
 def mean_training_shape(cfg: TrainConfig) -> torch.Tensor:
     """(68,2) mean landmarks in HR pixels over the valid rows of the training split (NaN rows left out)."""
-    group = open_split(cfg.data.store, cfg.data.train_split, None)
+    group = open_split(cfg.data.store, cfg.data.train_split)
     landmarks = group["landmarks"][:][group["valid"][:].astype(bool)]
     return torch.from_numpy(np.nanmean(landmarks, axis=0)).float()
 

@@ -57,10 +57,31 @@ class DamagedShard(ValueError):
 # ----- opening and checking a split -----
 
 
-def open_split(store: Any, split: str, storage_options: dict | None) -> zarr.Group:
-    """The group of one split, read-only; a missing split names the ones the store has."""
+class StoreError(KeyError):
+    """A store, split or array that is not there, with one line saying what is (a KeyError for callers that
+    catch a missing key; printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def open_store(store: Any, storage_options: dict | None = None) -> zarr.Group:
+    """The root group of a proui store, read-only; anything else (no such path, a plain folder, a damaged
+    zarr.json) raises StoreError naming the store."""
     kwargs = {"storage_options": storage_options} if storage_options else {}
-    root = zarr.open_group(store, mode="r", zarr_format=3, **kwargs)
+    try:
+        return zarr.open_group(store, mode="r", zarr_format=3, **kwargs)
+    except FileNotFoundError as e:  # zarr's GroupNotFoundError too: a folder without zarr.json
+        what = "no such store" if type(e) is FileNotFoundError else "not a proui store (no zarr group there)"
+        raise StoreError(f"{store}: {what}; build one with `proui-data build`") from None
+    except ValueError as e:  # a damaged zarr.json, or an array where the group should be
+        raise StoreError(f"{store}: not a readable proui store ({type(e).__name__}: {e})") from None
+
+
+def open_split(store: Any, split: str, storage_options: dict | None = None) -> zarr.Group:
+    """The group of one split, read-only; a missing store or split raises StoreError naming the splits the
+    store has. Every reader of a split (loader, validation, eval, report) opens it here."""
+    root = store if isinstance(store, zarr.Group) else open_store(store, storage_options)
     try:
         return root[split]
     except KeyError:
@@ -68,7 +89,11 @@ def open_split(store: Any, split: str, storage_options: dict | None) -> zarr.Gro
             have = sorted(root.group_keys())
         except Exception:  # stores that cannot list (plain HTTP) still open groups by name
             have = "unknown (store cannot be listed)"
-        raise KeyError(f"split {split!r} not in store {store!r}; splits: {have}") from None
+        raise StoreError(f"split {split!r} not in store {_name(store)!r}; splits: {have}") from None
+
+
+def _name(store: Any) -> Any:
+    return store.store_path if isinstance(store, zarr.Group) else store
 
 
 def inspect_split(group: zarr.Group, split: str, arrays: tuple[str, ...], where: str) -> tuple[int, int, Specs]:
@@ -77,7 +102,7 @@ def inspect_split(group: zarr.Group, split: str, arrays: tuple[str, ...], where:
     try:
         valid = group["valid"]
     except KeyError:
-        raise KeyError(f"split {split!r} of {where!r} has no 'valid' array: not a proui store")
+        raise StoreError(f"split {split!r} of {where!r} has no 'valid' array: not a proui store") from None
     n = int(group.attrs.get("n_samples", valid.shape[0]))
     shard_size = int(group.attrs.get("shard_size", (valid.shards or valid.chunks)[0]))
     specs: Specs = {}
@@ -86,7 +111,7 @@ def inspect_split(group: zarr.Group, split: str, arrays: tuple[str, ...], where:
             arr = group[name]
         except KeyError:
             have = sorted(group.array_keys())
-            raise KeyError(f"array {name!r} not in split {split!r}; arrays: {have}") from None
+            raise StoreError(f"array {name!r} not in split {split!r}; arrays: {have}") from None
         if arr.shape[0] != n:
             raise ValueError(f"{split}/{name} has {arr.shape[0]} rows, the split has {n}")
         if (arr.shards or arr.chunks)[0] != shard_size:
