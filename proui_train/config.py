@@ -105,6 +105,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.arch: {cfg.model.arch!r} is not proui or plain")
     if cfg.model.prior not in ("learned", "fan"):
         raise ConfigError(f"model.prior: {cfg.model.prior!r} is not learned or fan")
+    if cfg.model.prior_arch not in ("dilated", "hourglass"):
+        raise ConfigError(f"model.prior_arch: {cfg.model.prior_arch!r} is not dilated or hourglass")
     if cfg.model.prior == "fan" and not cfg.model.fan_weights:
         raise ConfigError("model.prior = 'fan' needs model.fan_weights (a local face-alignment FAN file)")
     if cfg.optim.schedule not in ("constant", "cosine", "step", "wsd"):
@@ -134,7 +136,8 @@ _LOWEST: dict[str, tuple[float, bool]] = {
     "optim.decay_steps": (0, False), "optim.warmup": (0, False), "optim.grad_clip": (0, False),
     "optim.gan_start": (0, False),
     **{w: (0, False) for w in ("face_l2", "out_l2", "heatmap", "prior", "tv", "style", "perceptual",
-                               "adversarial", "local_adversarial", "mask_weight")},
+                               "adversarial", "local_adversarial", "mask_weight", "points", "heatmap_foreground",
+                               "feature_matching")},
 }
 
 
