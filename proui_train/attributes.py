@@ -31,6 +31,10 @@ INPUT_SIZE = 64  # faces are area-reduced from 128: attributes live in coarse st
 CONFIG_FILE, WEIGHTS_FILE = "attributes.json", "attributes.safetensors"
 
 
+class AttributesError(ValueError):
+    """Labels or classifiers that cannot be used, said in one line."""
+
+
 class AttributeNet(nn.Module):
     """faces (B,3,64,64) in [-1, 1] -> attribute logits (B,A): four conv-BN-ReLU blocks of stride 2
     (64 -> 4 px), global average pooling, a linear layer."""
@@ -79,7 +83,8 @@ class AttributeClassifiers:
         where = {k: i for i, k in enumerate(self.keys)}
         missing = [k for k in keys if k not in where]
         if missing:
-            raise KeyError(f"{len(missing)} faces are not in the classifiers' labelled split, e.g. {missing[0]!r}")
+            raise AttributesError(f"{len(missing)} faces are not in the classifiers' labelled split, e.g. "
+                                  f"{missing[0]!r}: evaluate attributes on the split they were made from")
         folds = torch.as_tensor([int(self.fold[where[k]]) for k in keys])
         out = torch.zeros(len(keys), len(self.names))
         with torch.no_grad():
@@ -104,7 +109,7 @@ class AttributeClassifiers:
         path = Path(path)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
-                raise FileNotFoundError(f"{path}: no {name}; make it with `proui-train attributes --out {path}`")
+                raise AttributesError(f"{path}: no {name}; make it with `proui-train attributes --out {path}`")
         meta = json.loads((path / CONFIG_FILE).read_text())
         tensors = load_file(str(path / WEIGHTS_FILE))
         networks = []
@@ -123,14 +128,14 @@ def read_labelled(store: str, split: str, names: Sequence[str] = ATTRIBUTES
     root = open_store(store)
     stored = list(root.attrs.get("attribute_names") or (root.attrs.get("source") or {}).get("attribute_names") or [])
     if "attributes" not in group.array_keys() or not stored:
-        raise ValueError(f"{store} split {split!r} has no attribute labels (build CelebA with its attribute file)")
+        raise AttributesError(f"{store} split {split!r} has no attribute labels (build CelebA with its attribute file)")
     unknown = [n for n in names if n not in stored]
     if unknown:
-        raise ValueError(f"attributes {unknown} not in the store's ({', '.join(stored)})")
+        raise AttributesError(f"attributes {unknown} not in the store's ({', '.join(stored)})")
     labels = group["attributes"][:][:, [stored.index(n) for n in names]]
     keep = group["valid"][:].astype(bool) & (labels != 0).all(1)
     if not keep.any():
-        raise ValueError(f"{store} split {split!r} has no valid face with all of {list(names)} labelled")
+        raise AttributesError(f"{store} split {split!r} has no valid face with all of {list(names)} labelled")
     rows = np.flatnonzero(keep)
     return (group["hr"][:][rows], labels[rows].astype(np.float32), group["identity"][:][rows],
             [str(k) for k in group["key"][:][rows]])

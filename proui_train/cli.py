@@ -12,6 +12,7 @@ import torch
 
 from proui_data.align import TEMPLATES
 
+from .attributes import AttributesError
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, config_from_dict, load_config
 from .data import StoreError
@@ -24,7 +25,8 @@ from .runtime import generator_from_checkpoint, run_template
 from .train import RunDirError, TrainingStopped, train
 
 # Errors that say in one line what is wrong with an input: printed as `error: ...`, exit 2, no traceback.
-USER_ERRORS = (CheckpointError, ConfigError, PublishError, ReportError, RunDirError, StoreError, TrainingStopped)
+USER_ERRORS = (AttributesError, CheckpointError, ConfigError, PublishError, ReportError, RunDirError, StoreError,
+               TrainingStopped)
 
 
 def _rank() -> int:
@@ -89,7 +91,8 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
 @main.command("eval")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="Run folder, checkpoint folder, release folder or its model.safetensors.")
-@click.option("--baseline", type=click.Choice(["bicubic"]), help="Evaluate a baseline instead of a model.")
+@click.option("--baseline", type=click.Choice(["bicubic", "hr"]),
+              help="Evaluate a baseline instead of a model (hr: a store split's ground truth, the ceiling).")
 @click.option("--benchmark", type=click.Path(exists=True, file_okay=False),
               help="FSRNet benchmark folder (celeba_val_1000_HR/, ..._LR_8x/, helen_val_50_*).")
 @click.option("--data", help="A proui store: evaluate its --split (masks and landmarks included).")
@@ -101,17 +104,25 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Faces per forward pass: memory grows with it; the figures do not change.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N faces of each set or split.")
-@click.option("--no-identity", is_flag=True, help="Skip the dlib identity similarity (slow on CPU).")
+@click.option("--no-identity", is_flag=True,
+              help="Skip the dlib downstream tasks on the outputs (identity similarity, dlib NME; slow on CPU).")
+@click.option("--attributes", "attributes_dir", type=click.Path(exists=True, file_okay=False),
+              help="Attribute classifiers from `proui-train attributes`: adds attribute accuracy (their split only).")
 def eval_cmd(checkpoint, baseline, benchmark, data, split, input_name, out_path, device, batch_size, limit,
-             no_identity):
-    """PSNR/SSIM (Y and RGB), inside/outside occlusions, landmark NME and identity similarity."""
+             no_identity, attributes_dir):
+    """PSNR/SSIM (Y and RGB), inside/outside occlusions, sharpness (high-frequency ratio), landmark NME per stage,
+    and the downstream tasks on the outputs: dlib NME, identity similarity, attribute accuracy."""
     if bool(checkpoint) == bool(baseline):
         _fail("give exactly one of --checkpoint or --baseline")
     if not benchmark and not data:
         _fail("give --benchmark DIR and/or --data STORE")
+    if baseline == "hr" and (benchmark or not data):
+        _fail("--baseline hr is a store split's own ground truth: give --data STORE and no --benchmark")
+    if attributes_dir and not data:
+        _fail("--attributes scores a store split: give --data STORE --split (the classifiers' split)")
     results = evaluate(checkpoint=checkpoint, baseline=baseline, benchmark=benchmark, store=data, split=split,
                        device=device, identity=not no_identity, store_input=input_name, batch_size=batch_size,
-                       limit=limit)
+                       limit=limit, attributes=attributes_dir)
     with open(out_path, "w") as f:
         json.dump(results, f, indent=2)
     for name, m in results.items():
@@ -222,16 +233,17 @@ def infer(checkpoint, input_path, out_dir, device, template, downscale, upscale,
 @click.option("--folds", default=4, show_default=True, type=click.IntRange(2, 20))
 @click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True)
-def attributes(data, split, out_dir, folds, epochs, seed):
+@click.option("--attribute", "names", multiple=True, metavar="NAME",
+              help="A CelebA attribute to classify (repeatable; default: Smiling, Mouth_Slightly_Open, Male, "
+                   "Eyeglasses).")
+def attributes(data, split, out_dir, folds, epochs, seed, names):
     """Train the attribute classifiers `eval --attributes` scores outputs with: one small CNN per identity fold
     of the labelled split, on its clean HR faces (each face is later scored by the network that never saw it)."""
-    from .attributes import attribute_scores, read_labelled, train_classifiers
+    from .attributes import ATTRIBUTES, attribute_scores, read_labelled, train_classifiers
 
-    try:
-        hr, labels, identities, keys = read_labelled(data, split)
-    except (KeyError, ValueError) as e:
-        _fail(str(e).strip("'\""))
-    classifiers = train_classifiers(hr, labels, identities, keys, folds=folds, epochs=epochs, seed=seed)
+    names = tuple(names) or ATTRIBUTES
+    hr, labels, identities, keys = read_labelled(data, split, names)
+    classifiers = train_classifiers(hr, labels, identities, keys, names, folds=folds, epochs=epochs, seed=seed)
     classifiers.save(out_dir)
     hr_faces = torch.from_numpy(hr).permute(0, 3, 1, 2)
     scores = attribute_scores(classifiers.predict(hr_faces, keys), torch.from_numpy(labels), classifiers.names)

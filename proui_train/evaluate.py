@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
@@ -32,11 +33,14 @@ from .metrics import quality
 from .report import bicubic
 from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
 
+if TYPE_CHECKING:
+    from .attributes import AttributeClassifiers
+
 log = logging.getLogger(__name__)
 FSRNET_SETS = {"celeba": ("celeba_val_1000_HR", "celeba_val_1000_LR_8x"), "helen": ("helen_val_50_HR", "helen_val_50_LR_8x")}
 
 Box = tuple[float, float, float, float]
-Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+Predict = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def heatmaps_to_points(heatmaps: torch.Tensor, hr_size: int = HR_SIZE) -> torch.Tensor:
@@ -96,9 +100,11 @@ def recover_lr(upsampled: np.ndarray, scale: int = 8) -> np.ndarray:
     return np.clip(lr + 0.5, 0, 255).astype(np.uint8)
 
 
-def nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-sample mean point error / outer-eye-corner distance (points 36, 45)."""
+def nme(pred: np.ndarray, truth: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray:
+    """Per-sample mean point error / outer-eye-corner distance (points 36, 45 of the 68 in `truth`); `index`:
+    the 68-point indices `pred` holds (a stage's subset), all 68 by default."""
     iod = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
+    truth = truth if index is None else truth[:, list(index)]
     return np.linalg.norm(pred - truth, axis=-1).mean(-1) / np.maximum(iod, 1e-6)
 
 
@@ -111,13 +117,33 @@ def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
 
 
 def _model_predict(generator: torch.nn.Module, device: torch.device) -> Predict:
+    """lr (B,3,16,16) in 0..255 -> (output (B,3,128,128) in 0..255, {"stage{s}/{prior,heatmaps}": (B,L,2)} each
+    stage's landmark estimates in HR pixels: its prior and its refined heatmaps; empty for the plain network)."""
     @torch.no_grad()
-    def predict(lr16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(lr16: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = generator(from_uint8(lr16.to(device)))
-        last = out["stages"][-1]
-        points = heatmaps_to_points(last["heatmaps"]).cpu() if "heatmaps" in last else None  # plain: none
+        points = {f"stage{s}/{kind}": heatmaps_to_points(stage[kind]).cpu()
+                  for s, stage in enumerate(out["stages"], 1) for kind in ("prior", "heatmaps") if kind in stage}
         return to_uint8(out["final"]).cpu(), points
     return predict
+
+
+def stage_indices(points: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The 68-point indices each entry of a prediction's points holds, by its stage."""
+    from .models import STAGE_LANDMARKS
+
+    return {name: STAGE_LANDMARKS[int(name.split("/")[0][len("stage"):]) - 1] for name in points}
+
+
+def landmark_errors(points: dict[str, torch.Tensor], truth: np.ndarray) -> dict[str, torch.Tensor]:
+    """Per-face NME of each stage's estimate, {"nme/stage1/prior": (B,), ...}, against the same points of `truth`
+    (B,68,2); "nme" is the last stage's refined estimate, the figure reported before per-stage ones."""
+    indices = stage_indices(points)
+    out = {f"nme/{name}": torch.from_numpy(nme(p.numpy(), truth, indices[name])) for name, p in points.items()}
+    last = max((name for name in points if name.endswith("/heatmaps")), default=None)
+    if last is not None:
+        out["nme"] = out[f"nme/{last}"]
+    return out
 
 
 def _dlib_points(faces: list[np.ndarray], box: Box) -> np.ndarray:
@@ -126,11 +152,27 @@ def _dlib_points(faces: list[np.ndarray], box: Box) -> np.ndarray:
     return np.stack([predict_in_box(f, box) for f in faces])
 
 
+def _faces_np(faces: torch.Tensor) -> list[np.ndarray]:
+    return [t.clamp(0, 255).byte().permute(1, 2, 0).numpy() for t in faces]
+
+
 def _identity(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> float:
+    return float(_identities(sr, hr, box).mean())
+
+
+def _identities(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> torch.Tensor:
+    """(B,) cosine of dlib's face descriptors of each output and its HR."""
     from .identity import identity_similarity
 
-    to_np = lambda t: t.clamp(0, 255).byte().permute(1, 2, 0).numpy()  # noqa: E731
-    return float(np.mean([identity_similarity(to_np(a), to_np(b), box) for a, b in zip(sr, hr)]))
+    return torch.tensor([identity_similarity(a, b, box) for a, b in zip(_faces_np(sr), _faces_np(hr))],
+                        dtype=torch.float64)
+
+
+def downstream(sr: torch.Tensor, hr: torch.Tensor, landmarks: np.ndarray, box: Box) -> dict[str, torch.Tensor]:
+    """The paper's downstream tasks run on the outputs, per face: dlib's 68 points found on the output, as a
+    fraction of the inter-ocular distance from the true landmarks ("nme_dlib"), and identity similarity."""
+    found = _dlib_points(_faces_np(sr), box)
+    return {"nme_dlib": torch.from_numpy(nme(found, landmarks)), "identity_cosine": _identities(sr, hr, box)}
 
 
 def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -154,8 +196,8 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
         else:
             lr16 = _to_tensor([recover_lr(x) for x in lr_np])
             sr, points = predict(lr16)
-            if points is not None:
-                nmes.append(nme(points.numpy(), _dlib_points(hr_np, box)))
+            if points:
+                nmes.append(landmark_errors(points, _dlib_points(hr_np, box))["nme"].numpy())
         chunks.append(quality(sr, hr))
         if identity:
             ids.append(_identity(sr, hr, box) * len(names))
@@ -168,7 +210,8 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
 
 
 def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
-             metrics: tuple[str, ...] = ("psnr_y", "psnr_y_in", "psnr_y_out", "ssim_y")) -> dict[str, dict[str, float]]:
+             metrics: tuple[str, ...] = ("psnr_y", "psnr_y_in", "psnr_y_out", "ssim_y", "hf_ratio")
+             ) -> dict[str, dict[str, float]]:
     """Per-sample metrics grouped by occlusion kind -> {kind: {"n": count, metric: mean}}."""
     values = {k: torch.cat([c[k] for c in chunks]).double().numpy() for k in metrics}
     out = {}
@@ -179,10 +222,14 @@ def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,
 
 
 def evaluate_store(store: str, split: str, predict: Predict | None, identity: bool, batch: int = 16,
-                   input_name: str | None = None, limit: int | None = None) -> dict[str, Any]:
+                   input_name: str | None = None, limit: int | None = None, baseline: str = "bicubic",
+                   attributes: "AttributeClassifiers | None" = None) -> dict[str, Any]:
     """Metrics on a store split (its first `limit` valid faces); `input_name`: "lr_occluded" (default when the
-    store has it) or "lr". Every figure is per face, so `batch` (faces per forward pass) changes the memory
-    and not the result."""
+    store has it) or "lr". Without `predict`, `baseline` "bicubic" (of the input) or "hr" (the ground truth
+    itself: the ceiling of the downstream figures). `identity`: also the downstream tasks on the outputs
+    (identity cosine, dlib NME); `attributes`: the attribute accuracy of `proui-train attributes`' classifiers
+    (the split must be the one they were made for). Every figure is per face, so `batch` changes the memory and
+    not the result."""
     root = open_store(store)
     g = open_split(root, split)
     box = template_box((root.attrs.get("template") or {}).get("name", "celeba"))  # the store's frame
@@ -192,7 +239,9 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
         raise StoreError(f"{store} split {split!r} has no {inp!r} array; arrays: {sorted(g.array_keys())}")
     has_mask = inp == "lr_occluded" and "occlusion_mask" in g.array_keys()  # clean input: no inside/outside
     kinds_all = g["occlusion_kind"][:] if has_mask and "occlusion_kind" in g.array_keys() else None
-    chunks, ids, nmes, kinds = [], [], [], []
+    labels_all = _attribute_labels(root, g, attributes) if attributes is not None else None
+    keys_all = g["key"][:] if attributes is not None else None
+    chunks, kinds, predicted, labels = [], [], [], []
     size, n_samples = g.attrs["shard_size"], g.attrs["n_samples"]
     for start in range(0, n_samples, size):  # whole shards, each read once
         rows = valid[(valid >= start) & (valid < start + size)] - start
@@ -200,40 +249,61 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
             continue
         sl = slice(start, min(start + size, n_samples))
         shard = {"hr": g["hr"][sl], "lr": g[inp][sl], "mask": g["occlusion_mask"][sl] if has_mask else None,
-                 "landmarks": g["landmarks"][sl] if predict is not None else None}
+                 "landmarks": g["landmarks"][sl]}
         for r0 in range(0, rows.size, batch):
             r = rows[r0:r0 + batch]
             hr = torch.from_numpy(shard["hr"][r]).permute(0, 3, 1, 2).float()
             lr = torch.from_numpy(shard["lr"][r]).permute(0, 3, 1, 2).float()
             mask = torch.from_numpy(shard["mask"][r]).float()[:, None] / 255 if has_mask else None
+            per_face = {}
             if predict is None:
-                sr = bicubic(lr)
+                sr = hr.clone() if baseline == "hr" else bicubic(lr)
             else:
                 sr, points = predict(lr)
-                if points is not None:
-                    nmes.append(nme(points.numpy(), shard["landmarks"][r]))
-            chunks.append(quality(sr, hr, mask))
+                per_face.update(landmark_errors(points, shard["landmarks"][r]))
+            per_face.update(quality(sr, hr, mask))
+            if identity:
+                per_face.update(downstream(sr, hr, shard["landmarks"][r], box))
+            chunks.append(per_face)
             if kinds_all is not None:
                 kinds.extend(kinds_all[start + r])
-            if identity:
-                ids.append(_identity(sr, hr, box) * len(r))
+            if attributes is not None:
+                predicted.append(attributes.predict(sr, [str(k) for k in keys_all[start + r]]))
+                labels.append(torch.from_numpy(labels_all[start + r]))
     out: dict[str, Any] = {"n": int(valid.size), "input": inp, **_summarise(chunks)}
     if kinds:
         out["by_kind"] = per_kind(chunks, np.asarray(kinds))
-    if identity:
-        out["identity_cosine"] = float(sum(ids) / max(valid.size, 1))
-    if nmes:
-        out["nme"] = float(np.concatenate(nmes).mean())
+    if attributes is not None:
+        from .attributes import attribute_scores
+
+        out.update(attribute_scores(torch.cat(predicted), torch.cat(labels).float(), attributes.names))
     return out
+
+
+def _attribute_labels(root, group, attributes: "AttributeClassifiers") -> np.ndarray:
+    """(N,A) +1/-1 labels of the classifiers' attributes for every row of `group`."""
+    stored = list(root.attrs.get("attribute_names") or [])
+    if "attributes" not in group.array_keys() or any(n not in stored for n in attributes.names):
+        raise StoreError(f"this split has no labels for {list(attributes.names)}: evaluate attributes on the "
+                         "split the classifiers were made from (proui-train attributes --split)")
+    return group["attributes"][:][:, [stored.index(n) for n in attributes.names]]
 
 
 def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None, store: str | None,
              split: str = "test", device: str = "auto", identity: bool = True, limit: int | None = None,
-             store_input: str | None = None, batch_size: int = 16) -> dict[str, Any]:
+             store_input: str | None = None, batch_size: int = 16, attributes: str | None = None) -> dict[str, Any]:
     """All requested evaluations -> {"celeba": {...}, "helen": {...}, "store/<split>": {...}}; `batch_size`
-    faces per forward pass, `limit` the first faces of each set."""
+    faces per forward pass, `limit` the first faces of each set; `baseline` "bicubic" or "hr" (a store split
+    only) instead of a checkpoint; `attributes` a folder of `proui-train attributes` classifiers."""
     if store:
         open_split(store, split)  # a missing store or split fails before the model is loaded
+    if baseline == "hr" and benchmark:
+        raise ValueError("--baseline hr is the store split's own HR; the FSRNet sets have no such baseline")
+    classifiers = None
+    if attributes:
+        from .attributes import AttributeClassifiers
+
+        classifiers = AttributeClassifiers.load(attributes)
     dev = pick_device(device)
     predict = None if baseline else _model_predict(load_generator(checkpoint, dev), dev)
     results: dict[str, Any] = {"method": baseline or str(checkpoint)}
@@ -249,7 +319,8 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
     if store:
         _check_frame(frame, (open_store(store).attrs.get("template") or {}).get("name", "celeba"), store)
         results[f"store/{split}"] = evaluate_store(store, split, predict, identity, batch=batch_size,
-                                                   input_name=store_input, limit=limit)
+                                                   input_name=store_input, limit=limit,
+                                                   baseline=baseline or "bicubic", attributes=classifiers)
     return results
 
 

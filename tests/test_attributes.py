@@ -9,6 +9,7 @@ from fixtures import CELEBA_ATTRS, make_celeba_root
 from proui_data.sources import SourceError, get_source
 from proui_train.attributes import (
     AttributeClassifiers,
+    AttributesError,
     attribute_scores,
     identity_folds,
     train_classifiers,
@@ -72,7 +73,46 @@ def test_fold_classifiers_learn_a_visible_attribute_and_round_trip(tmp_path):
     clf.save(tmp_path / "clf")
     again = AttributeClassifiers.load(tmp_path / "clf")
     assert torch.equal(again.predict(faces[:10], keys[:10]), clf.predict(faces[:10], keys[:10]))
-    with pytest.raises(KeyError, match="not in the classifiers"):
+    with pytest.raises(AttributesError, match="not in the classifiers"):
         clf.predict(faces[:1], ["unknown.jpg"])
-    with pytest.raises(FileNotFoundError, match="proui-train attributes"):
+    with pytest.raises(AttributesError, match="proui-train attributes"):
         AttributeClassifiers.load(tmp_path)
+
+
+def test_attributes_and_downstream_columns_end_to_end(tmp_path):
+    """A CelebA root with its labelled images held out -> `proui-train attributes` -> `eval --attributes` on
+    that split: accuracy columns for the baselines, the HR ceiling scores what its own classifiers say, and
+    the downstream columns (dlib NME, identity) are there, best for HR."""
+    import json
+
+    from click.testing import CliRunner
+
+    from proui_data.cli import main as data_cli
+    from proui_train.cli import main as train_cli
+
+    root = tmp_path / "celeba"
+    make_celeba_root(root, n=16, truncate_attrs=12)
+    store = str(tmp_path / "c.zarr")
+    result = CliRunner().invoke(data_cli, ["build", "--source", "celeba", "--root", str(root), "--out", store,
+                                           "--workers", "0", "--holdout-labelled", "attr", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "attr=12" in result.output
+    clf = str(tmp_path / "clf")
+    result = CliRunner().invoke(train_cli, ["attributes", "--data", store, "--out", clf, "--folds", "2",
+                                            "--epochs", "2", "--attribute", "Smiling"])
+    assert result.exit_code == 0, result.output
+    figures = {}
+    for baseline in ("hr", "bicubic"):
+        out = tmp_path / f"{baseline}.json"
+        result = CliRunner().invoke(train_cli, ["eval", "--baseline", baseline, "--data", store, "--split", "attr",
+                                                "--attributes", clf, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        figures[baseline] = json.loads(out.read_text())["store/attr"]
+    hr, bicubic = figures["hr"], figures["bicubic"]
+    assert {"attr/Smiling", "attr_balanced/Smiling", "attr_accuracy", "nme_dlib", "identity_cosine",
+            "hf_ratio"} <= set(hr)
+    assert hr["identity_cosine"] == pytest.approx(1.0) and hr["hf_ratio"] == pytest.approx(1.0)
+    assert hr["nme_dlib"] < bicubic["nme_dlib"] and bicubic["hf_ratio"] < 0.5
+    result = CliRunner().invoke(train_cli, ["eval", "--baseline", "bicubic", "--data", store, "--split", "train",
+                                            "--attributes", clf])
+    assert result.exit_code == 2 and "error:" in result.output

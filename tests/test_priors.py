@@ -149,3 +149,19 @@ def test_hourglass_prior_starts_from_the_mean_training_shape(demo_store):
         # the head adds small logits at initialisation; the peaks stay within a pixel of the stage's grid
         scale = 128 / stage["prior"].shape[-1]
         assert (peaks - torch.from_numpy(expected[list(index)]).float()).abs().max() < scale
+
+
+def test_landmark_errors_per_stage_by_hand():
+    from proui_train.evaluate import landmark_errors
+
+    truth = torch.zeros(1, 68, 2).numpy()
+    truth[0, :, 0] = torch.arange(68).numpy()
+    truth[0, 45, 0] = 36 + 50.0  # outer eye corners 50 px apart
+    points = {f"stage{s}/{kind}": torch.from_numpy(truth[:, list(index)]).clone()
+              for s, index in enumerate(STAGE_LANDMARKS, 1) for kind in ("prior", "heatmaps")}
+    points["stage1/prior"][..., 1] += 5.0  # every stage-1 prior point 5 px off: 0.1 of the eye distance
+    errors = landmark_errors(points, truth)
+    assert errors["nme/stage1/prior"].item() == pytest.approx(0.1)
+    assert errors["nme/stage1/heatmaps"].item() == 0 and errors["nme"].item() == 0
+    assert set(errors) == {"nme"} | {f"nme/stage{s}/{k}" for s in (1, 2, 3) for k in ("prior", "heatmaps")}
+    assert landmark_errors({}, truth) == {}  # the plain network estimates no landmarks
