@@ -37,6 +37,7 @@ class ModelConfig:
     arch: str = "proui"  # "proui" (Pro-UIGAN) | "plain" (the same progressive stages without priors or attention)
     prior: str = "learned"  # "learned" (default: no FAN weights here) or "fan"
     prior_arch: str = "dilated"  # the learned prior's network: "dilated" (the first releases) or "hourglass"
+    residual_heatmaps: bool = False  # the attention's refined heatmaps correct the prior's logits (not the reference)
     heads: int = 1
     scale_attention: bool = False
     norm: str = "batch"

@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
 
 
 def generator_config(m: ModelConfig) -> ProUIGANConfig:
-    return ProUIGANConfig(prior=m.prior, prior_arch=m.prior_arch, heads=m.heads, scale_attention=m.scale_attention, norm=m.norm,
+    return ProUIGANConfig(prior=m.prior, prior_arch=m.prior_arch, residual_heatmaps=m.residual_heatmaps, heads=m.heads, scale_attention=m.scale_attention, norm=m.norm,
                           residual=m.residual, align_corners=m.align_corners, init_bias_std=m.init_bias_std)
 
 

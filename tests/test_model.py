@@ -121,7 +121,7 @@ def _by_hand(module: CrossModalAttention, face, heatmaps, heads=1, scale=1.0, sy
     hw = face.shape[-2:]
     face_feat = torch.cat(face_out, 1).reshape(b, c, *hw) + q.reshape(b, c, *hw)
     landmark_feat = torch.cat(landmark_out, 1).reshape(b, c, *hw) + k.reshape(b, c, *hw)
-    return module.face_head(face_feat), module.heatmap_head(landmark_feat), torch.stack(attn, 1)
+    return module.face_head(face_feat), torch.sigmoid(module.heatmap_head(landmark_feat)), torch.stack(attn, 1)
 
 
 def test_attention_rows_sum_to_one_and_match_softmax_qt_k_by_hand():

@@ -165,3 +165,17 @@ def test_landmark_errors_per_stage_by_hand():
     assert errors["nme/stage1/heatmaps"].item() == 0 and errors["nme"].item() == 0
     assert set(errors) == {"nme"} | {f"nme/stage{s}/{k}" for s in (1, 2, 3) for k in ("prior", "heatmaps")}
     assert landmark_errors({}, truth) == {}  # the plain network estimates no landmarks
+
+
+def test_residual_heatmaps_start_at_the_prior_and_keep_the_released_layout():
+    """With residual_heatmaps the refined maps are the prior's while the head's correction is zero; the head's
+    weights keep the name the released generators store them under."""
+    from proui_train.models.attention import CrossModalAttention
+
+    attention = CrossModalAttention(7, residual_heatmaps=True).eval()
+    torch.nn.init.zeros_(attention.heatmap_head[0].weight)
+    torch.nn.init.zeros_(attention.heatmap_head[0].bias)
+    prior = render_heatmaps_torch(30 + torch.rand(2, 7, 2) * 60, size=16, sigma=1.0).clamp(0.01, 0.99)
+    _, refined = attention(torch.rand(2, 3, 16, 16) * 2 - 1, prior)
+    assert torch.allclose(refined, prior, atol=1e-6)
+    assert {"heatmap_head.0.weight", "heatmap_head.0.bias"} <= set(attention.state_dict())

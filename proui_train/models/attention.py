@@ -10,6 +10,8 @@ from torch import nn
 
 from .blocks import ConvNormAct
 
+PRIOR_FLOOR = 0.01  # input heatmaps are clipped to [floor, 1 - floor] before their logits are taken
+
 
 def _tokens(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, h*d, H, W) -> (B, h, H*W, d). flatten/transpose, not view: channels-last inputs stay valid."""
@@ -89,7 +91,9 @@ class CrossModalAttention(nn.Module):
         face features     = S V_landmarks + Q (the landmark values each face position attends to)
         landmark features = S^T V_face + K    (the face values routed back along the same matrix)
 
-    then a 3x3 conv + tanh gives the refined face and a 3x3 conv + sigmoid the refined heatmaps. The reference
+    then a 3x3 conv + tanh gives the refined face and a 3x3 conv + sigmoid the refined heatmaps. With
+    `residual_heatmaps` (not the reference) that conv corrects the input heatmaps' logits instead, so the refined
+    maps start as the prior's and cannot be worse than it at initialisation. The reference
     uses 1 head and no scaling (scale = 1), so logits grow with d; `scale=True` divides them by sqrt(d).
 
     The face path is exactly scaled_dot_product_attention(Q, K, V_landmarks). The landmark path is not: S^T
@@ -110,8 +114,10 @@ class CrossModalAttention(nn.Module):
         scale: bool = False,
         symmetric: bool = False,
         norm: str = "batch",
+        residual_heatmaps: bool = False,
     ) -> None:
         super().__init__()
+        self.residual_heatmaps = residual_heatmaps
         if attn_channels % heads:
             raise ValueError(f"attn_channels ({attn_channels}) must be a multiple of heads ({heads})")
         self.heads = heads
@@ -124,7 +130,8 @@ class CrossModalAttention(nn.Module):
         self.face_value = nn.Conv2d(channels, attn_channels, 1)
         self.landmark_value = nn.Conv2d(channels, attn_channels, 1)
         self.face_head = nn.Sequential(nn.Conv2d(attn_channels, 3, 3, 1, 1), nn.Tanh())
-        self.heatmap_head = nn.Sequential(nn.Conv2d(attn_channels, heatmap_channels, 3, 1, 1), nn.Sigmoid())
+        self.heatmap_head = nn.Sequential(nn.Conv2d(attn_channels, heatmap_channels, 3, 1, 1))  # logits; the key
+        # keeps the name the released weights have (heatmap_head.0)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """(B, h, N, d) queries and keys -> S = softmax(scale * Q K^T), (B, h, N, N)."""
@@ -153,5 +160,8 @@ class CrossModalAttention(nn.Module):
             face_t, landmark_t, attn = cross_modal_attention(q_t, k_t, face_v, landmark_v, self.scale)
         face_out = _image(face_t, height, width) + q  # residual on the query, as the reference
         landmark_out = _image(landmark_t, height, width) + k  # residual on the key
-        refined = (self.face_head(face_out), self.heatmap_head(landmark_out))
+        logits = self.heatmap_head(landmark_out)
+        if self.residual_heatmaps:  # a correction of the prior's logits: the refinement starts where the prior is
+            logits = logits + torch.logit(heatmaps.clamp(PRIOR_FLOOR, 1 - PRIOR_FLOOR)).to(logits.dtype)
+        refined = (self.face_head(face_out), torch.sigmoid(logits))
         return (*refined, attn) if return_attention else refined

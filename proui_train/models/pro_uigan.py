@@ -64,6 +64,7 @@ class ProUIGANConfig:
     heads: int = 1
     scale_attention: bool = False
     symmetric_attention: bool = False  # True: landmarks attend to the face with their own softmax (not the reference)
+    residual_heatmaps: bool = False  # True: the refined heatmaps correct the prior's logits (not the reference)
     norm: str = "batch"  # "batch" | "instance" | "none", for every generator block
     # Upsampling block: fuse conv widths (c0, c1), tail widths (c2, c3); tail kernel per stage (3, 5, 5 as released).
     up_channels: tuple[int, int, int, int] = (128, 64, 32, 12)
@@ -314,6 +315,7 @@ class ProUIStage(nn.Module):
             scale=config.scale_attention,
             symmetric=config.symmetric_attention,
             norm=config.norm,
+            residual_heatmaps=config.residual_heatmaps,
         )
         self.upsample = UpsampleBlock.from_config(n, up_kernel_size, config)
         self.residual = config.residual
