@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import proui_data.demo
 import torch
 from click.testing import CliRunner
 
@@ -190,10 +191,13 @@ def test_resume_with_every_checkpoint_damaged_fails(demo_store, run_copy):
 @pytest.mark.parametrize("command", ["eval", "release", "infer"])
 def test_damaged_checkpoint_is_one_line(demo_store, run_copy, tmp_path, damaged, command):
     truncate(run_copy / "step-00000002" / damaged)
+    photos = tmp_path / "photos"  # a photo to restore: the checkpoint is what must fail
+    photos.mkdir()
+    shutil.copy(Path(proui_data.demo.__file__).parent / "grace_hopper.jpg", photos)
     args = {"eval": ["eval", "--checkpoint", str(run_copy), "--data", demo_store, "--split", "val",
                      "--out", str(tmp_path / "m.json")],
             "release": ["release", str(run_copy), "--out", str(tmp_path / "rel")],
-            "infer": ["infer", "--checkpoint", str(run_copy), "--input", str(tmp_path), "--out",
+            "infer": ["infer", "--checkpoint", str(run_copy), "--input", str(photos), "--out",
                       str(tmp_path / "sr")]}[command]
     fails(args, f"{run_copy / 'step-00000002' / damaged}: damaged")
 
@@ -235,6 +239,14 @@ def test_eval_figures_do_not_depend_on_the_batch_size(demo_store, trained):
     predict = _model_predict(load_generator(trained), torch.device("cpu"))
     results = [evaluate_store(demo_store, "train", predict, identity=False, batch=b) for b in (1, 4, 64)]
     assert results[0]["n"] == 6 and "nme" in results[0] and "by_kind" in results[0]
-    assert results[1] == results[0] and results[2] == results[0]
+    for other in results[1:]:
+        # the images, and every figure computed from them, are identical; landmark NMEs come from float heatmaps,
+        # whose last bits depend on the batch's shape (the sub-pixel peak fit amplifies them on flat maps)
+        assert other["by_kind"] == results[0]["by_kind"]
+        for k, v in results[0].items():
+            if k.startswith("nme"):
+                assert other[k] == pytest.approx(v, rel=1e-4), k
+            else:
+                assert other[k] == v, k
     limited = evaluate_store(demo_store, "train", predict, identity=False, batch=2, limit=3)
     assert limited["n"] == 3 and limited["psnr_y"] != results[0]["psnr_y"]
