@@ -26,7 +26,7 @@ import zarr
 from proui_train.evaluate import heatmaps_to_points
 from proui_train.losses import heatmap_loss, point_loss
 from proui_train.models.pro_uigan import STAGE_LANDMARKS, HourglassPrior, LearnedPrior
-from proui_train.targets import render_heatmaps_torch
+from proui_train.targets import render_heatmaps_torch, to_map_pixels
 
 STAGES = {1: (16, 1.0), 3: (64, 1.5)}  # stage -> (input size, target sigma), as pipelines/train/default.toml
 # name -> (prior network, heatmap loss kind, point-loss weight, start from the mean training shape)
@@ -72,7 +72,7 @@ def train_option(net_cls, kind: str, points_weight: float, mean_shape: bool, sta
         pred = net(face)
         loss = heatmap_loss(pred, target, kind)
         if points_weight:
-            loss = loss + points_weight * point_loss(pred, (lm + 0.5) * size / 128 - 0.5)
+            loss = loss + points_weight * point_loss(pred, to_map_pixels(lm, size))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -30,6 +30,7 @@ from proui_data.schema import HR_SIZE
 
 from .data import StoreError, open_split, open_store
 from .metrics import quality
+from .models import STAGE_LANDMARKS
 from .report import bicubic
 from .runtime import from_uint8, load_generator, model_template, pick_device, to_uint8
 
@@ -128,18 +129,14 @@ def _model_predict(generator: torch.nn.Module, device: torch.device) -> Predict:
     return predict
 
 
-def stage_indices(points: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """The 68-point indices each entry of a prediction's points holds, by its stage."""
-    from .models import STAGE_LANDMARKS
-
-    return {name: STAGE_LANDMARKS[int(name.split("/")[0][len("stage"):]) - 1] for name in points}
-
-
 def landmark_errors(points: dict[str, torch.Tensor], truth: np.ndarray) -> dict[str, torch.Tensor]:
     """Per-face NME of each stage's estimate, {"nme/stage1/prior": (B,), ...}, against the same points of `truth`
-    (B,68,2); "nme" is the last stage's refined estimate, the figure reported before per-stage ones."""
-    indices = stage_indices(points)
-    out = {f"nme/{name}": torch.from_numpy(nme(p.numpy(), truth, indices[name])) for name, p in points.items()}
+    (B,68,2) (the stage's STAGE_LANDMARKS); "nme" is the last stage's refined estimate, the figure reported
+    before per-stage ones."""
+    def stage_index(name: str) -> tuple[int, ...]:  # "stage{s}/..." -> the points stage s estimates
+        return STAGE_LANDMARKS[int(name.split("/")[0].removeprefix("stage")) - 1]
+
+    out = {f"nme/{name}": torch.from_numpy(nme(p.numpy(), truth, stage_index(name))) for name, p in points.items()}
     last = max((name for name in points if name.endswith("/heatmaps")), default=None)
     if last is not None:
         out["nme"] = out[f"nme/{last}"]
@@ -154,10 +151,6 @@ def _dlib_points(faces: list[np.ndarray], box: Box) -> np.ndarray:
 
 def _faces_np(faces: torch.Tensor) -> list[np.ndarray]:
     return [t.clamp(0, 255).byte().permute(1, 2, 0).numpy() for t in faces]
-
-
-def _identity(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> float:
-    return float(_identities(sr, hr, box).mean())
 
 
 def _identities(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> torch.Tensor:
@@ -185,28 +178,25 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
     hr_dir, lr_dir = (root / d for d in FSRNET_SETS[name])
     box = template_box("fsrnet")  # the sets' own frame, whatever frame the model was trained in
     files = sorted(p.name for p in hr_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:limit]
-    chunks, ids, nmes = [], [], []
+    chunks = []
     for i in range(0, len(files), batch):
         names = files[i:i + batch]
         hr_np = [_read_rgb(hr_dir / f) for f in names]
         lr_np = [_read_rgb(lr_dir / f) for f in names]
         hr = _to_tensor(hr_np)
+        per_face = {}
         if predict is None:
             sr = _to_tensor(lr_np)  # the bicubic baseline: the provided upsampled inputs
         else:
             lr16 = _to_tensor([recover_lr(x) for x in lr_np])
             sr, points = predict(lr16)
             if points:
-                nmes.append(landmark_errors(points, _dlib_points(hr_np, box))["nme"].numpy())
-        chunks.append(quality(sr, hr))
+                per_face["nme_vs_dlib"] = landmark_errors(points, _dlib_points(hr_np, box))["nme"]
+        per_face.update(quality(sr, hr))
         if identity:
-            ids.append(_identity(sr, hr, box) * len(names))
-    out: dict[str, Any] = {"n": len(files), **_summarise(chunks)}
-    if identity:
-        out["identity_cosine"] = float(sum(ids) / len(files))
-    if nmes:
-        out["nme_vs_dlib"] = float(np.concatenate(nmes).mean())
-    return out
+            per_face["identity_cosine"] = _identities(sr, hr, box)
+        chunks.append(per_face)
+    return {"n": len(files), **_summarise(chunks)}
 
 
 def per_kind(chunks: list[dict[str, torch.Tensor]], kinds: np.ndarray,

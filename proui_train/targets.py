@@ -11,6 +11,12 @@ from proui_data.heatmaps import SIGMA, check_render_args
 from proui_data.schema import HEATMAP_SIZE, HR_SIZE
 
 
+def to_map_pixels(landmarks: torch.Tensor, size: int, hr_size: int = HR_SIZE) -> torch.Tensor:
+    """Points in HR pixels -> the same points in the pixels of a size x size map (pixel centres aligned): where
+    `render_heatmaps_torch` centres its peaks."""
+    return (landmarks + 0.5) * (size / hr_size) - 0.5
+
+
 def render_heatmaps_torch(
     landmarks: torch.Tensor, size: int = HEATMAP_SIZE, sigma: float = SIGMA, hr_size: int = HR_SIZE
 ) -> torch.Tensor:
@@ -23,7 +29,7 @@ def render_heatmaps_torch(
     check_render_args(tuple(landmarks.shape), size, sigma, hr_size)
     dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
     with torch.no_grad():
-        q = (landmarks.to(dtype) + 0.5) * (size / hr_size) - 0.5
+        q = to_map_pixels(landmarks.to(dtype), size, hr_size)
         valid = torch.isfinite(q).all(-1, keepdim=True)
         q = torch.where(valid, q, torch.zeros_like(q))
         grid = torch.arange(size, device=landmarks.device, dtype=dtype)

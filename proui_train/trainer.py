@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from proui_data.schema import HR_SIZE
-from proui_train.targets import render_heatmaps_torch
+from proui_train.targets import render_heatmaps_torch, to_map_pixels
 
 from .augment import flip_batch
 from .config import TrainConfig
@@ -128,7 +128,7 @@ class StageHeatmaps(nn.Module):
     def points(self, landmarks: torch.Tensor) -> dict[int, torch.Tensor]:
         """landmarks (B,68,2) in HR pixels -> {16: (B,7,2), ...}: each stage's points in its heatmaps' pixels
         (the geometry `render_heatmaps_torch` centres its peaks on)."""
-        return {size: (landmarks.index_select(1, getattr(self, f"index{i}")).float() + 0.5) * (size / HR_SIZE) - 0.5
+        return {size: to_map_pixels(landmarks.index_select(1, getattr(self, f"index{i}")).float(), size)
                 for i, size in enumerate(self.sizes)}
 
 
