@@ -30,7 +30,7 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.storage import LocalStore, StorePath
 
-from proui_data.store import Expected, crc32c, expected_objects, run_store_io, shard_object
+from proui_data.store import Expected, crc32c, expected_objects, open_root, run_store_io, shard_object
 
 from .plan import Batch, Segment
 
@@ -68,9 +68,8 @@ class StoreError(KeyError):
 def open_store(store: Any, storage_options: dict | None = None) -> zarr.Group:
     """The root group of a proui store, read-only; anything else (no such path, a plain folder, a damaged
     zarr.json) raises StoreError naming the store."""
-    kwargs = {"storage_options": storage_options} if storage_options else {}
     try:
-        return zarr.open_group(store, mode="r", zarr_format=3, **kwargs)
+        return open_root(store, mode="r", storage_options=storage_options)
     except FileNotFoundError as e:  # zarr's GroupNotFoundError too: a folder without zarr.json
         what = "no such store" if type(e) is FileNotFoundError else "not a proui store (no zarr group there)"
         raise StoreError(f"{store}: {what}; build one with `proui-data build`") from None
