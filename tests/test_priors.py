@@ -151,6 +151,28 @@ def test_hourglass_prior_starts_from_the_mean_training_shape(demo_store):
         assert (peaks - torch.from_numpy(expected[list(index)]).float()).abs().max() < scale
 
 
+def test_mean_shape_logits_survive_loading_and_cost_no_graph_break():
+    """The mean shape's logits are derived once: a fresh prior that loads the weights of one given a mean shape
+    returns the same maps (the derived logits are not in the state dict, so the released layout is unchanged),
+    and the forward traces as one graph (reading the sigma on the host broke it, and synced every CUDA step)."""
+    torch.manual_seed(0)
+    source = HourglassPrior(68, 32).eval()
+    points = torch.rand(68, 2) * 100 + 14
+    source.set_mean_shape(points, 1.0)
+    loaded = HourglassPrior(68, 32).eval()
+    assert "mean_logits" not in source.state_dict()
+    face = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = loaded(face)
+        loaded.load_state_dict(source.state_dict())
+        assert not torch.allclose(before, loaded(face))
+        assert torch.equal(loaded(face), source(face))
+        peaks = heatmaps_to_points(loaded.mean_logits[None].sigmoid())[0]
+    assert (peaks - points).abs().max() < 0.5  # the logits are the mean shape's, in HR pixels
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(loaded)(face).graph_break_count == 0
+
+
 def test_landmark_errors_per_stage_by_hand():
     from proui_train.evaluate import landmark_errors
 

@@ -215,6 +215,10 @@ class HourglassPrior(nn.Module):
         # starts from the mean face's landmarks and learns how each face departs from them. A sigma of 0: none.
         self.register_buffer("mean_points", torch.zeros(heatmap_channels, 2))  # HR pixels
         self.register_buffer("mean_sigma", torch.zeros(()))
+        # Their logits, derived once (here, in set_mean_shape, after loading weights) rather than in every forward:
+        # rendering them there reads the sigma on the host, a sync on CUDA and a graph break under torch.compile.
+        self.register_buffer("mean_logits", self.shape_logits(), persistent=False)  # (L, S, S)
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.refresh_mean_logits())
         self.stem = ConvNormAct(5, c, 3, norm=norm)
         self.down = nn.ModuleList(ConvNormAct(c, c, 3, stride=2, norm=norm) for _ in range(levels))
         self.middle = nn.Sequential(*(ConvNormAct(c, c, 3, dilation=d, norm=norm) for d in dilations))
@@ -233,7 +237,7 @@ class HourglassPrior(nn.Module):
         for up, skip in zip(self.up, reversed(skips)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))  # (B, C, S/2, S/2), then (B, C, S, S)
-        return torch.sigmoid(self.head(x) + self.shape_logits().to(x.dtype))  # (B, L, S, S)
+        return torch.sigmoid(self.head(x) + self.mean_logits.to(x.dtype))  # (B, L, S, S)
 
     def shape_logits(self, floor: float = 0.01) -> torch.Tensor:
         """(L,S,S) logits of the mean shape's heatmaps clipped to [floor, 1 - floor]; zeros before `set_mean_shape`."""
@@ -247,6 +251,11 @@ class HourglassPrior(nn.Module):
         """Start from the heatmaps of `points` (L,2), the mean shape in HR pixels, rendered with `sigma` at S."""
         self.mean_points.copy_(points)
         self.mean_sigma.fill_(sigma)
+        self.refresh_mean_logits()
+
+    @torch.no_grad()
+    def refresh_mean_logits(self) -> None:
+        self.mean_logits.copy_(self.shape_logits())
 
 
 class FANPrior(nn.Module):
