@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from dask.utils import parse_bytes
 
 from . import card, interop, store
 from .preview import write_preview
@@ -52,6 +51,8 @@ class Export:
 
 def parse_size(text: str | int) -> int:
     """Bytes from `500MB`, `2GB`, `64kB`, `1MiB` or a plain integer (`dask.utils.parse_bytes`)."""
+    from dask.utils import parse_bytes  # here: the trainer imports this module on machines without dask
+
     try:
         if isinstance(text, str) and not any(c.isdigit() for c in text):
             raise ValueError("no number")  # parse_bytes reads "" and "MB" as one unit

@@ -50,11 +50,11 @@ def build_dataclass(cls: type, data: Any, where: str = "", error: type[ValueErro
     return cls(**kwargs)
 
 
-def read_toml(path: str | Path | None, default: importlib.resources.abc.Traversable, default_name: str,
+def read_toml(path: str | Path | None, default: importlib.resources.abc.Traversable | None, default_name: str,
               error: type[ValueError] = ValueError) -> tuple[dict, str]:
     """(table, name for messages) of a TOML file, or of the shipped `default` when `path` is None."""
     if path is None:
-        if not default.is_file():
+        if default is None or not default.is_file():
             raise error(f"no {default_name} shipped with the package")
         text, where = default.read_text(), default_name
     else:

@@ -13,15 +13,15 @@ import torch
 from proui_data.align import TEMPLATES
 
 from .attributes import AttributesError
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, config_from_dict, load_config
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config
 from .data import StoreError
 from .evaluate import evaluate
 from .infer import InferError, infer_paths
-from .release import PublishError, publish_weights, save_release
+from .release import PublishError, publish_weights
 from .report import ReportError, picture_grid, plot_curves, run_config
 from .restore import DEFAULT_MIN_EYE_DISTANCE
-from .runtime import generator_from_checkpoint, run_template
+from .runtime import release_run
 from .train import RunDirError, TrainingStopped, train
 
 # Errors that say in one line what is wrong with an input: printed as `error: ...`, exit 2, no traceback.
@@ -166,18 +166,14 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
               help="Figures on fixed slices (JSON) that a test recomputes from the released file.")
 def release(run_dir, out_dir, card, metrics_path, check_path):
     """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md)."""
-    ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
-    generator = generator_from_checkpoint(ck)
-    extra = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
-    if (template := run_template(ck)) is not None:  # infer and eval read the frame from the release
-        extra["template"] = template
+    extra = {}
     if metrics_path:
         extra["metrics"] = json.loads(Path(metrics_path).read_text())
     if check_path:
         extra["check"] = json.loads(Path(check_path).read_text())
     text = Path(card).read_text(encoding="utf-8") if card else ""
-    out = save_release(out_dir, generator, config_from_dict(ck["config"]), text, extra)
-    click.echo(f"wrote {out} (step {ck['step']}, {extra['weights']} weights)")
+    out, meta = release_run(run_dir, out_dir, text, extra)
+    click.echo(f"wrote {out} (step {meta['step']}, {meta['weights']} weights)")
 
 
 @main.command()

@@ -171,8 +171,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] = ()) -> TrainConfig:
     """Read a TOML config (None: `pipelines/train/default.toml`), apply overrides, validate."""
-    data, where = read_toml(path, importlib.resources.files("proui_pipelines.train") / "default.toml",
-                            "pipelines/train/default.toml", ConfigError)
+    # the shipped default is looked up only when needed: a named file loads without the installed package
+    default = importlib.resources.files("proui_pipelines.train") / "default.toml" if path is None else None
+    data, where = read_toml(path, default, "pipelines/train/default.toml", ConfigError)
     for item in sets:
         keys, value = parse_override(item)
         node = data

@@ -18,7 +18,7 @@ from .config import ModelConfig, TrainConfig, config_from_dict
 from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
-from .release import is_weights_file, load_weights_file, recorded_template
+from .release import is_weights_file, load_weights_file, recorded_template, save_release
 
 if TYPE_CHECKING:
     from .models.pro_uigan import HeatmapEstimator
@@ -82,6 +82,18 @@ def _loaded(cfg: TrainConfig, state: dict, device: torch.device | str) -> nn.Mod
     g.load_state_dict(state)
     return g.to(device).eval()
 
+
+def release_run(run_dir: str | Path, out_dir: str | Path, card: str = "", extra: dict | None = None
+                ) -> tuple[Path, dict]:
+    """Export a run's inference generator (its latest checkpoint's, the EMA unless recorded otherwise) as a
+    release folder; the step, the weights' name and the training frame join `extra` in the metadata.
+    Returns (folder, metadata written)."""
+    ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
+    meta = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
+    if (template := run_template(ck)) is not None:  # infer and eval read the frame from the release
+        meta["template"] = template
+    meta.update(extra or {})
+    return save_release(out_dir, generator_from_checkpoint(ck), config_from_dict(ck["config"]), card, meta), meta
 
 
 def run_template(ck: dict) -> str | None:

@@ -185,13 +185,21 @@ def test_gpu_benchmark_runs_tiny_on_cpu(demo_store, tmp_path):
     out = tmp_path / "gpu.json"
     bench = root.parent / "shared" / "data" / "benchmark" / "fsrnet"
     cmd = [sys.executable, str(root / "benchmarks" / "gpu.py"), "--tiny", "--data", demo_store, "--out", str(out),
-           "--run-dir", str(tmp_path / "run")] + (["--benchmark", str(bench)] if bench.is_dir() else [])
+           "--run-dir", str(tmp_path / "runs"), "--releases", str(tmp_path / "releases")]
+    cmd += ["--benchmark", str(bench)] if bench.is_dir() else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["eager_bf16"]["samples_per_s"] > 0 and 0 <= report["eager_bf16"]["loader_wait"] < 1
     # bf16 autocast changes the step's loss by well under 1 %
     assert report["precision"]["max_relative_difference"] < 0.01
-    assert report["train"]["steps"] == 2
+    runs = report["runs"]["runs"]
+    assert report["runs"]["steps"] == 2 and set(runs) == {"proui_s0", "plain_s0", "proui_gan_s0"}
+    for name, run in runs.items():  # every run finished and left a weights file that rebuilds its network
+        assert run["exit_code"] == 0 and run["steps"] == 2 and run["curve"][-1]["step"] == 2
+        generator = load_generator(tmp_path / "releases" / f"{name}.safetensors")
+        assert isinstance(generator, PlainProgressive if name.startswith("plain") else ProUIGAN)
+    # only the GAN run trains a discriminator
+    assert runs["proui_gan_s0"]["last_logged"]["loss/d"] > 0 and runs["proui_s0"]["last_logged"]["loss/d"] == 0
     if bench.is_dir():
         assert report["fsrnet"]["model"]["celeba"]["n"] == 8 and report["fsrnet"]["bicubic"]["celeba"]["n"] == 8
