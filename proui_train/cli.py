@@ -157,7 +157,7 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Release folder.")
 @click.option("--card", type=click.Path(exists=True, dir_okay=False), help="Model card (README.md) to include.")
 @click.option("--metrics", "metrics_path", type=click.Path(exists=True, dir_okay=False),
@@ -165,7 +165,8 @@ def report(run_dirs, out_path, labels, grid_path, data, split, n_faces):
 @click.option("--check", "check_path", type=click.Path(exists=True, dir_okay=False),
               help="Figures on fixed slices (JSON) that a test recomputes from the released file.")
 def release(run_dir, out_dir, card, metrics_path, check_path):
-    """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md)."""
+    """Export a run's EMA generator as a release folder (config.json, model.safetensors, README.md); RUN_DIR
+    may also be a release (folder or its model.safetensors) to release again with a new card or figures."""
     extra = {}
     if metrics_path:
         extra["metrics"] = json.loads(Path(metrics_path).read_text())

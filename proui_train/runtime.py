@@ -18,7 +18,7 @@ from .config import ModelConfig, TrainConfig, config_from_dict
 from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
-from .release import is_weights_file, load_weights_file, recorded_template, save_release
+from .release import CONFIG_KEY, is_weights_file, load_weights_file, read_metadata, recorded_template, save_release
 
 if TYPE_CHECKING:
     from .models.pro_uigan import HeatmapEstimator
@@ -86,14 +86,21 @@ def _loaded(cfg: TrainConfig, state: dict, device: torch.device | str) -> nn.Mod
 def release_run(run_dir: str | Path, out_dir: str | Path, card: str = "", extra: dict | None = None
                 ) -> tuple[Path, dict]:
     """Export a run's inference generator (its latest checkpoint's, the EMA unless recorded otherwise) as a
-    release folder; the step, the weights' name and the training frame join `extra` in the metadata.
-    Returns (folder, metadata written)."""
-    ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
-    meta = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
-    if (template := run_template(ck)) is not None:  # infer and eval read the frame from the release
-        meta["template"] = template
+    release folder; the step, the weights' name and the training frame join `extra` in the metadata. A
+    release (folder or weights file) is released again, its metadata kept under `extra`: a new card, new
+    figures. Returns (folder, metadata written)."""
+    if is_weights_file(run_dir):
+        cfg, state = load_weights_file(run_dir)
+        meta = {k: v for k, v in read_metadata(run_dir).items() if k != CONFIG_KEY}
+        generator = _loaded(cfg, state, "cpu")
+    else:
+        ck = load_checkpoint(run_dir)  # read once: the generator and the step come from it
+        meta = {"step": ck["step"], "weights": ck.get("inference_weights", "ema")}
+        if (template := run_template(ck)) is not None:  # infer and eval read the frame from the release
+            meta["template"] = template
+        cfg, generator = config_from_dict(ck["config"]), generator_from_checkpoint(ck)
     meta.update(extra or {})
-    return save_release(out_dir, generator_from_checkpoint(ck), config_from_dict(ck["config"]), card, meta), meta
+    return save_release(out_dir, generator, cfg, card, meta), meta
 
 
 def run_template(ck: dict) -> str | None:

@@ -149,6 +149,19 @@ def test_release_round_trip_and_from_pretrained(demo_store, tmp_path):
     with torch.no_grad():
         a, b, c = (m(lr)["final"] for m in (from_run, from_file, from_hub_layout))
     assert torch.equal(a, b) and torch.equal(a, c)
+    # a weights file is released again with a card and figures: same weights, its metadata kept
+    card, figures = tmp_path / "card.md", tmp_path / "check.json"
+    card.write_text("# a card\n")
+    figures.write_text(json.dumps({"demo_val": {"psnr_y": 1.5}}))
+    again = tmp_path / "again"
+    r = CliRunner().invoke(cli, ["release", str(rel / "model.safetensors"), "--out", str(again), "--card", str(card),
+                                 "--check", str(figures)])
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(again)
+    assert meta["step"] == 2 and meta["template"] == "celeba" and meta["check"] == {"demo_val": {"psnr_y": 1.5}}
+    assert (again / "README.md").read_text() == "# a card\n"
+    with torch.no_grad():
+        assert torch.equal(load_generator(again)(lr)["final"], a)
     # eval and infer take the file as --checkpoint
     out = tmp_path / "m.json"
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(rel / "model.safetensors"), "--data", demo_store,
