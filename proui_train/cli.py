@@ -1,4 +1,5 @@
-"""`proui-train`: run (train), eval (metrics on the FSRNet sets or a store split), infer (hallucinate images)."""
+"""`proui-train`: run (train), eval (metrics on the FSRNet sets or a store split), infer (hallucinate images), demo
+(a Gradio page)."""
 from __future__ import annotations
 
 import json
@@ -221,6 +222,24 @@ def infer(checkpoint, input_path, out_dir, device, template, downscale, upscale,
         click.echo(f"{r['input']} {face}{eye}{r['status']}{why}" + (f" -> {r['restored']}" if r.get("restored") else ""))
     restored = sum(r["status"] == "restored" for r in rows)
     click.echo(f"{restored} face(s) restored; wrote {Path(out_dir) / 'results.jsonl'}")
+
+
+@main.command()
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
+              help="A release folder or run to offer (repeatable; default: the two released models in weights/).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves the page to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Default: the first free port from 7860.")
+@click.option("--device", default="auto", show_default=True)
+def demo(checkpoints, host, port, device):
+    """Serve a Gradio page: a photo in, its faces restored (paint or draw an occluder first). Needs the demo extra:
+    pip install 'proui[demo]'."""
+    from .demo import RELEASED, DemoError, launch, require_gradio
+
+    try:
+        require_gradio()
+        launch(list(checkpoints) or [p for p in RELEASED if p.exists()], host, port, device)
+    except DemoError as e:
+        _fail(str(e))
 
 
 @main.command()

@@ -179,6 +179,11 @@ class FaceRestorer:
         """Every face of the photo the folder build's search keeps, largest first, with its 68 points."""
         return image_faces(check_rgb(photo), self.recipe)
 
+    def to_template(self, landmarks: np.ndarray) -> np.ndarray:
+        """The (2,3) similarity photo px -> HR px of the model's template of a face with these 68 points (a
+        ValueError when they are degenerate)."""
+        return align.similarity_transform(align.landmarks68_to_5(landmarks), self.points)
+
     @torch.no_grad()
     def hallucinate(self, lr: np.ndarray) -> np.ndarray:
         """(N, 16, 16, 3) uint8 -> (N, 128, 128, 3) uint8 through the generator."""
@@ -211,7 +216,7 @@ class FaceRestorer:
                               "16x16 thumbnails); --downscale restores it at 16x16 anyway")
                 continue
             try:
-                m = align.similarity_transform(p5, self.points)  # photo px -> HR px of the template
+                m = self.to_template(found.landmarks)
             except ValueError:
                 rec.status, rec.reason = "skipped", "degenerate_landmarks"
                 continue
