@@ -53,7 +53,7 @@ def search_decode(data: bytes, recipe: Recipe, full: Decoded | None = None) -> D
     it: returned as it is where the search decode would be the same pixels (not a JPEG, a photo reduced to
     `decode.max_side`, a HOG search), not decoded again. A JPEG's reduced copy is decoded, not made from `full`:
     its pixels are libjpeg's DCT scaling, which the detection pass of a build (no full decode there) sees too, so
-    a build, a largest-face build and `infer` find a photo's faces in the same boxes (benchmarks/search_decode.py)."""
+    a build, a largest-face build and `infer` find a photo's faces in the same boxes (docs/benchmarks.md, "Search decode given a full decode")."""
     reduce = search_reduction(recipe)
     if full is not None and not decodes_reduced(full, reduce, BLAZEFACE_INPUT):
         return full
