@@ -1,12 +1,16 @@
-"""Peak memory of one `decode_image` of a large synthetic 16-bit PNG, in bytes per source pixel.
+"""Peak memory of one `decode_image` of a large synthetic image, in bytes per source pixel.
 
-    python benchmarks/decode_memory.py [--mpx 62] [--kinds gray16,rgb16] [--repeat 2]
+    python benchmarks/decode_memory.py [--mpx 62] [--kinds rgb16,gray16,rgba16,rgb8,jpeg] [--max-side 2048]
+                                       [--repeat 2]
 
-Each decode runs in a fresh subprocess: `rss` is the process's peak resident memory (VmHWM) minus its
-resident memory just before the decode (everything: Pillow's image buffers and numpy's); `traced` is
-tracemalloc's peak over the decode (Python and numpy allocations only; Pillow's buffers are not traced). The
-PNG is a smooth gradient with noise (seeded), written by OpenCV, and read into memory before the measurement.
-The decode reduces it to `decode.max_side` (2048) as a build does.
+Kinds: 16-bit RGB, grayscale and RGBA PNGs, an 8-bit RGB PNG and an 8-bit RGB JPEG (quality 90), each a smooth
+gradient with noise (seeded), written by OpenCV and read into memory before the measurement. Each decode runs in a
+fresh subprocess that has imported everything the decode uses (numpy, Pillow and its plugins, OpenCV,
+`proui_data.decode`): `peak` is the process's peak resident memory (VmHWM; Linux carries `ru_maxrss` over from the
+parent across fork and exec) minus its resident memory just before the decode, and the figure printed subtracts
+`baseline`, the same measurement of a 64x64 image of the same kind (what a decode costs apart from its pixels).
+`--max-side` is the recipe's `decode.max_side`: the default reduces a large photo as a build does; a value over
+the image's long side measures a full-size decode.
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
 CHILD = """
-import json, sys, tracemalloc
+import json, sys
+import cv2, numpy
+from PIL import Image
+Image.init()
 from proui_data.decode import decode_image
 
 def status(field):
@@ -31,48 +37,61 @@ def status(field):
 
 data = open(sys.argv[1], "rb").read()
 before = status("VmRSS")
-tracemalloc.start()
-d = decode_image(data)
-traced = tracemalloc.get_traced_memory()[1]
-print(json.dumps({"rss": status("VmHWM") - before, "traced": traced, "shape": list(d.rgb.shape)}))
+d = decode_image(data, max_side=int(sys.argv[2]))
+print(json.dumps({"peak": status("VmHWM") - before, "shape": list(d.rgb.shape)}))
 """
 
+KINDS = {"rgb16": ".png", "gray16": ".png", "rgba16": ".png", "rgb8": ".png", "jpeg": ".jpg"}
 
-def synthetic_png(path: Path, mpx: float, kind: str, seed: int = 0) -> tuple[int, int]:
-    """A 16-bit PNG of about `mpx` megapixels (3:2), gray or RGB; returns (width, height)."""
-    h = int(round((mpx * 1e6 / 1.5) ** 0.5))
-    w = int(round(mpx * 1e6 / h))
+
+def synthetic_image(path: Path, w: int, h: int, kind: str, seed: int = 0) -> None:
+    """A `kind` image of w x h (see KINDS), written to `path`."""
     rng = np.random.default_rng(seed)
     ramp = (np.linspace(0, 60000, w, dtype=np.float32)[None, :] + np.linspace(0, 5000, h, dtype=np.float32)[:, None])
     gray = (ramp + rng.integers(0, 256, (h, w), dtype=np.uint16)).astype(np.uint16)
     del ramp
-    img = gray if kind == "gray16" else np.stack([gray, gray[:, ::-1], 65535 - gray], axis=2)
-    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+    if kind == "gray16":
+        img = gray
+    else:
+        planes = [gray, gray[:, ::-1], 65535 - gray]
+        if kind == "rgba16":
+            planes.append(np.minimum(gray[::-1] * np.uint16(2), 65535).astype(np.uint16))
+        img = np.stack(planes, axis=2)
+        if kind in ("rgb8", "jpeg"):
+            img = (img >> 8).astype(np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if kind == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if not cv2.imwrite(str(path), img, params):
         raise SystemExit(f"cannot write {path}")
-    return w, h
 
 
-def measure(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
+def measure(path: Path, max_side: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(max_side)], capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mpx", type=float, default=62.0)
-    ap.add_argument("--kinds", default="gray16,rgb16")
+    ap.add_argument("--kinds", default="rgb16,gray16,rgba16,rgb8,jpeg")
+    ap.add_argument("--max-side", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=2, help="subprocesses per kind; the largest peak is reported")
     args = ap.parse_args()
+    h = int(round((args.mpx * 1e6 / 1.5) ** 0.5))
+    w = int(round(args.mpx * 1e6 / h))
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
-            path = Path(tmp) / f"{kind}.png"
-            w, h = synthetic_png(path, args.mpx, kind)
-            runs = [measure(path) for _ in range(args.repeat)]
-            rss, traced = max(r["rss"] for r in runs), max(r["traced"] for r in runs)
-            px = w * h
-            print(f"{kind}: {w}x{h} ({px / 1e6:.1f} Mpx, file {path.stat().st_size / 1e6:.0f} MB) -> "
-                  f"{tuple(runs[0]['shape'])}: peak rss +{rss / 1e6:.0f} MB = {rss / px:.2f} B/px, "
-                  f"traced {traced / 1e6:.0f} MB = {traced / px:.2f} B/px")
+            if kind not in KINDS:
+                raise SystemExit(f"unknown kind {kind!r}: choose from {', '.join(KINDS)}")
+            tiny, path = Path(tmp) / f"tiny{KINDS[kind]}", Path(tmp) / f"{kind}{KINDS[kind]}"
+            synthetic_image(tiny, 64, 64, kind)
+            synthetic_image(path, w, h, kind)
+            baseline = max(measure(tiny, args.max_side)["peak"] for _ in range(args.repeat))
+            runs = [measure(path, args.max_side) for _ in range(args.repeat)]
+            peak = max(r["peak"] for r in runs) - baseline
+            print(f"{kind}: {w}x{h} ({w * h / 1e6:.1f} Mpx, file {path.stat().st_size / 1e6:.0f} MB) -> "
+                  f"{tuple(runs[0]['shape'])}: peak rss +{peak / 1e6:.0f} MB = {peak / (w * h):.2f} B/px "
+                  f"(baseline {baseline / 1e6:.1f} MB subtracted)", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Decoded:
     scale: float  # decoded pixels per source pixel (1.0 unless the image was reduced)
     source_size: tuple[int, int]  # (width, height) of the source after EXIF orientation
     full_scale: float  # the scale a full decode has: `scale` unless decoded reduced (`decode_image`'s `reduce`)
+    format: str | None = None  # Pillow's name of the file format ("JPEG", "PNG", ...)
 
     @property
     def reduced(self) -> bool:
@@ -42,7 +43,7 @@ class Decoded:
 
 
 WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # grayscale modes wider than 8 bits
-STRIP_PIXELS = 1 << 18  # images are converted (to 8 bits, to numpy) in strips of this many pixels
+STRIP_PIXELS = 1 << 16  # images are converted (to 8 bits, to numpy) in strips of this many pixels
 
 
 def _wide_gray_to_l(img: Image.Image) -> Image.Image:
@@ -77,19 +78,36 @@ def _rgb_array(img: Image.Image) -> np.ndarray:
     return out
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """RGB, or L for a grayscale source (made RGB once reduced to `max_side`: a third of the memory)."""
+def _composited_on_grey(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of an image with alpha composited on mid grey (transparent pixels carry no face: grey rather
+    than black or white extremes), strip by strip: the RGBA copy, the grey base and the composite are a strip's,
+    and the image and the result are all a full decode holds."""
+    w, h = img.size
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, STRIP_PIXELS // w)
+    for y in range(0, h, rows):
+        strip = img.crop((0, y, w, min(h, y + rows))).convert("RGBA")
+        base = Image.new("RGBA", strip.size, (128, 128, 128, 255))
+        out[y:y + rows] = np.asarray(Image.alpha_composite(base, strip).convert("RGB"))
+    return out
+
+
+def _to_8bit(img: Image.Image) -> Image.Image | np.ndarray:
+    """RGB, or L for a grayscale source (made RGB once reduced to `max_side`: a third of the memory); an image with
+    alpha comes composited, as the (H, W, 3) uint8 array."""
     mode = img.mode
     if mode in WIDE_GRAY:
         return _wide_gray_to_l(img)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        # Transparent pixels carry no face: composite on mid grey rather than on black or white extremes.
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
+        return _composited_on_grey(img)
     if mode in ("RGB", "L"):
         return img
     return img.convert("RGB")  # 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _size(img: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a Pillow image or an (H, W, 3) array."""
+    return (img.shape[1], img.shape[0]) if isinstance(img, np.ndarray) else img.size
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE,
@@ -116,7 +134,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
             elif full_scale and img.format == "JPEG" and (keep := max(reduce, min_side / max(w, h))) < 1:
                 img.draft("RGB", (math.ceil(w * keep), math.ceil(h * keep)))  # libjpeg keeps at least this size
             img.load()
-            loaded_size = img.size
+            loaded_size, img_format = img.size, img.format
             ImageOps.exif_transpose(img, in_place=True)  # not in place, an upright image is copied whole
     except DecodeError:
         raise
@@ -131,11 +149,36 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
     # The source frame is the EXIF-oriented one: a 90-degree orientation swaps the axes.
     swapped = img.size != loaded_size
     src_w, src_h = (h, w) if swapped else (w, h)
-    img = _to_8bit(img)
-    if max(img.size) > max_side:
-        f = max_side / max(img.size)
-        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.LANCZOS)
-    if min(img.size) < 8:
-        raise DecodeError("too_small", f"decoded shape {(img.size[1], img.size[0], 3)}")
-    scale = img.size[0] / src_w
-    return Decoded(rgb=_rgb_array(img), scale=scale, source_size=(src_w, src_h), full_scale=full_scale or scale)
+    img = _to_8bit(img)  # one reference: the source image is released here
+    if max(size := _size(img)) > max_side:
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        f = max_side / max(size)
+        img = img.resize((max(1, round(size[0] * f)), max(1, round(size[1] * f))), Image.LANCZOS)
+        size = img.size
+    if min(size) < 8:
+        raise DecodeError("too_small", f"decoded shape {(size[1], size[0], 3)}")
+    scale = size[0] / src_w
+    rgb = img if isinstance(img, np.ndarray) else _rgb_array(img)
+    return Decoded(rgb=rgb, scale=scale, source_size=(src_w, src_h), full_scale=full_scale or scale,
+                   format=img_format)
+
+
+def reduction_factor(size: tuple[int, int], reduce: float, min_side: int = 0) -> int:
+    """The DCT scaling denominator (1, 2, 4 or 8) `decode_image(..., reduce, min_side)` decodes a JPEG of `size`
+    (width, height; not over `max_side`) at: the largest that keeps at least `reduce` of each side and a long side
+    of at least `min_side` px (Pillow's `draft` rule)."""
+    w, h = size
+    keep = max(reduce, min_side / max(w, h))
+    if keep >= 1:
+        return 1
+    fits = min(w // math.ceil(w * keep), h // math.ceil(h * keep))
+    return next(f for f in (8, 4, 2, 1) if f <= fits)
+
+
+def decodes_reduced(full: Decoded, reduce: float, min_side: int = 0) -> bool:
+    """Whether `decode_image(data, ..., reduce, min_side)` decodes the photo whose full decode is `full` at a DCT
+    scaling: a JPEG that a full decode does not reduce to `max_side`. If not, that decode is `full`, pixel for
+    pixel, and need not be made again."""
+    return (full.format == "JPEG" and full.scale == 1.0
+            and reduction_factor(full.source_size, reduce, min_side) > 1)

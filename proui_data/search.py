@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .blazeface import INPUT as BLAZEFACE_INPUT, MIN_BOX
-from .decode import Decoded, decode_image
+from .decode import Decoded, decode_image, decodes_reduced
 from .detect import (HOG_MIN_BOX, Box, Detection, Located, blazeface_faces, detect, faces_kept, landmark_source,
                      locate_face, rescaled, search_scale)
 from .recipe import Recipe
@@ -47,11 +47,17 @@ def search_reduction(recipe: Recipe) -> float:
     return MIN_BOX * search_scale(recipe.detect.min_eye_distance) / HOG_MIN_BOX
 
 
-def search_decode(data: bytes, recipe: Recipe) -> Decoded:
+def search_decode(data: bytes, recipe: Recipe, full: Decoded | None = None) -> Decoded:
     """A photo decoded for the recipe's face search: reduced as far as `search_reduction` allows (JPEG DCT
-    scaling), the long side kept at least BlazeFace's input."""
-    return decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, search_reduction(recipe),
-                        BLAZEFACE_INPUT)
+    scaling), the long side kept at least BlazeFace's input. `full`: the photo's full decode, when the caller has
+    it: returned as it is where the search decode would be the same pixels (not a JPEG, a photo reduced to
+    `decode.max_side`, a HOG search), not decoded again. A JPEG's reduced copy is decoded, not made from `full`:
+    its pixels are libjpeg's DCT scaling, which the detection pass of a build (no full decode there) sees too, so
+    a build, a largest-face build and `infer` find a photo's faces in the same boxes (docs/benchmarks.md, "Search decode given a full decode")."""
+    reduce = search_reduction(recipe)
+    if full is not None and not decodes_reduced(full, reduce, BLAZEFACE_INPUT):
+        return full
+    return decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side, reduce, BLAZEFACE_INPUT)
 
 
 def search_photo(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tuple[Detection | None, list[Box], float]:
@@ -60,10 +66,11 @@ def search_photo(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tu
 
     With the BlazeFace search the photo is first decoded reduced to what BlazeFace needs (JPEG DCT scaling: 1/2 on
     the wild photos, less than half the decoding), and in full only when BlazeFace finds no face there (HOG needs
-    every pixel); `full`: that full decode, when the caller has it. Raises DecodeError.
+    every pixel); `full`: that full decode, when the caller has it (`search_decode` then decodes only a JPEG's
+    reduced copy). Raises DecodeError.
     """
     options = search_options(recipe)
-    decoded = search_decode(data, recipe)
+    decoded = search_decode(data, recipe, full)
     if decoded.reduced:
         found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale / decoded.full_scale))
         if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)

@@ -2,6 +2,7 @@
 accepted face is its minimum size, tiled when the photo is large."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import cv2
@@ -171,3 +172,36 @@ def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_
     widths.clear()
     assert search.search_photo((tmp_path / "blank.jpg").read_bytes(), recipe) == (None, [], 1.0)
     assert widths == [450, 900]  # no face at 1/2: HOG searched the full decode
+
+
+def test_a_search_given_the_full_decode_decodes_only_a_jpegs_reduced_copy(tmp_path, monkeypatch):
+    """`search_photo(data, recipe, full)`: where the search's decode would be the full decode's pixels (a PNG, a
+    photo reduced to `decode.max_side`) it searches `full` instead of decoding again; a JPEG's 1/2 copy is still
+    decoded (the pixels the detection pass searches); the faces found are the same either way."""
+    from proui_data import decode, search
+    from proui_data.recipe import load_recipe
+
+    canvas = np.full((700, 900, 3), 110, np.uint8)
+    hopper = demo_photo("grace_hopper.jpg")
+    canvas[100:100 + hopper.shape[0], 300:300 + hopper.shape[1]] = hopper
+    write_jpeg(tmp_path / "x.jpg", canvas)
+    cv2.imwrite(str(tmp_path / "x.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    recipe = load_recipe(None, "folder")
+    widths = []
+    real = decode.decode_image
+
+    def spy(*args, **kwargs):
+        d = real(*args, **kwargs)
+        widths.append(d.rgb.shape[1])
+        return d
+    monkeypatch.setattr(search, "decode_image", spy)
+    for name, max_side, decoded in (("x.png", 2048, []), ("x.jpg", 2048, [450]), ("x.jpg", 600, [])):
+        recipe_at = recipe.replace(decode=dataclasses.replace(recipe.decode, max_side=max_side))
+        data = (tmp_path / name).read_bytes()
+        widths.clear()
+        alone = search.search_photo(data, recipe_at)
+        assert len(widths) == 1
+        widths.clear()
+        given = search.search_photo(data, recipe_at, real(data, max_side=max_side))
+        assert widths == decoded, name
+        assert given == alone and alone[0].stage == "blazeface", name

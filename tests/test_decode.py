@@ -196,3 +196,56 @@ def test_reduced_jpeg_decode_for_a_search_keeps_what_it_asks_for():
     assert png.rgb.shape == (600, 800, 3) and not png.reduced
     big = decode_image(data, max_side=500, reduce=0.2)
     assert max(big.rgb.shape[:2]) == 500 and big.full_scale == big.scale == 500 / 800 and not big.reduced
+
+
+def test_decodes_reduced_says_which_search_decodes_use_dct_scaling():
+    """`decodes_reduced` / `reduction_factor` against what `decode_image(..., reduce, min_side)` does: a JPEG not
+    over max_side at the largest of 1/2, 1/4, 1/8 that keeps `reduce` and `min_side`, of ceil(size / factor); every
+    other decode the full decode itself, pixel for pixel."""
+    from proui_data.decode import decodes_reduced, reduction_factor
+
+    rng = np.random.default_rng(5)
+    for w, h in ((800, 600), (501, 377), (199, 640), (160, 96)):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for fmt in ("JPEG", "PNG"):
+            data = _encode(Image.fromarray(rgb), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            for max_side in (2048, 500):
+                full = decode_image(data, max_side=max_side)
+                assert full.format == fmt
+                for reduce, min_side in ((0.405, 192), (0.1, 192), (0.1, 0), (0.3, 0), (1.0, 0)):
+                    d = decode_image(data, max_side=max_side, reduce=reduce, min_side=min_side)
+                    assert decodes_reduced(full, reduce, min_side) == d.reduced, (w, h, fmt, max_side, reduce)
+                    if d.reduced:
+                        f = reduction_factor((w, h), reduce, min_side)
+                        assert f in (2, 4, 8) and d.rgb.shape[:2] == (-(-h // f), -(-w // f))
+                    else:
+                        np.testing.assert_array_equal(d.rgb, full.rgb)
+
+
+@pytest.mark.parametrize("max_side", [2048, 300])
+def test_16bit_rgba_is_composited_on_grey_strip_by_strip(monkeypatch, max_side):
+    """A 16-bit RGBA PNG: colour and alpha keep their high byte (Pillow's 16-to-8 rule), then
+    c * a / 255 + 128 * (255 - a) / 255, within Pillow's fixed-point rounding and exact at a = 0 and 255; strip by
+    strip the same pixels as compositing the whole image at once (then reduced alike)."""
+    import cv2
+
+    from proui_data import decode
+
+    rng = np.random.default_rng(7)
+    bgra = rng.integers(0, 65536, (150, 401, 4), dtype=np.uint16)
+    bgra[:, :40, 3], bgra[:, 40:80, 3] = 0, 65535
+    data = cv2.imencode(".png", bgra)[1].tobytes()
+    colour, alpha = (bgra[..., 2::-1] >> 8).astype(float), (bgra[..., 3:] >> 8).astype(float)
+    exact = (colour * alpha + 128 * (255 - alpha)) / 255
+    whole = Image.alpha_composite(Image.new("RGBA", (401, 150), (128, 128, 128, 255)),
+                                  Image.open(io.BytesIO(data)).convert("RGBA")).convert("RGB")
+    if max_side < 401:
+        whole = whole.resize((300, 112), Image.LANCZOS)
+    for strip in (decode.STRIP_PIXELS, 401 * 7):
+        monkeypatch.setattr(decode, "STRIP_PIXELS", strip)
+        d = decode.decode_image(data, max_side=max_side)
+        np.testing.assert_array_equal(d.rgb, np.asarray(whole))
+        if max_side >= 401:
+            assert np.abs(d.rgb - exact).max() <= 1
+            assert (d.rgb[:, :40] == 128).all()
+            np.testing.assert_array_equal(d.rgb[:, 40:80], colour[:, 40:80])
