@@ -6,7 +6,7 @@ Times what `infer` does per image with the released generator: decode + face sea
 benchmark mode), so that the per-face figures count every face found; without it only tiny faces run the model.
 
     OMP_NUM_THREADS=1 python benchmarks/infer.py [--input ../shared/data/wild/celeba_in_the_wild] [--limit N]
-        [--checkpoint weights/proui-celeba-cpu] [--no-downscale] [--upscale 1]
+        [--checkpoint weights/proui-celeba-gpu] [--no-downscale] [--upscale 1]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default=str(ROOT.parent / "shared" / "data" / "wild" / "celeba_in_the_wild"))
-    ap.add_argument("--checkpoint", default=str(ROOT / "weights" / "proui-celeba-cpu"))
+    ap.add_argument("--checkpoint", default=str(ROOT / "weights" / "proui-celeba-gpu"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-downscale", action="store_true")
     ap.add_argument("--upscale", type=int, default=1)

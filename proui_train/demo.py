@@ -38,7 +38,8 @@ from .restore import FaceRecord, FaceRestorer, check_rgb, paste_face
 from .runtime import load_generator, model_template, pick_device
 
 REPO = Path(__file__).resolve().parents[1]
-RELEASED = (REPO / "weights" / "proui-celeba-cpu", REPO / "weights" / "proui-celeba-fsrnet-cpu")
+RELEASED = (REPO / "weights" / "proui-celeba-gpu", REPO / "weights" / "proui-celeba-gan-gpu",
+            REPO / "weights" / "proui-celeba-fsrnet-cpu")
 EXAMPLES = tuple(sorted((REPO / "proui_data" / "demo").glob("*.jpg")))
 OCCLUDERS = ("none", "random") + KINDS  # random: the recipe's kind weights; a kind: that kind only
 MAX_UPLOAD = "25mb"  # Gradio refuses larger files before decoding them

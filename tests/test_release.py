@@ -12,12 +12,15 @@ from proui_train.models import ProUIGAN
 from proui_train.release import read_metadata
 from proui_train.runtime import load_generator
 
-RELEASE = Path(__file__).resolve().parents[1] / "weights" / "proui-celeba-cpu"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+RELEASE = WEIGHTS / "proui-celeba-gpu"  # the PSNR phase
+RELEASE_GAN = WEIGHTS / "proui-celeba-gan-gpu"  # with the adversarial phase
 # trained in the FSRNet sets' frame on clean thumbnails, for the FSRNet comparison
-RELEASE_FSRNET = Path(__file__).resolve().parents[1] / "weights" / "proui-celeba-fsrnet-cpu"
+RELEASE_FSRNET = WEIGHTS / "proui-celeba-fsrnet-cpu"
+ALL = pytest.mark.parametrize("release", [RELEASE, RELEASE_GAN, RELEASE_FSRNET], ids=["psnr", "gan", "fsrnet-frame"])
 
 
-@pytest.mark.parametrize("release", [RELEASE, RELEASE_FSRNET], ids=["celeba-frame", "fsrnet-frame"])
+@ALL
 def test_release_is_small_and_loads_three_ways(release):
     files = {p.name: p.stat().st_size for p in release.iterdir()}
     assert set(files) == {"README.md", "config.json", "model.safetensors"}
@@ -31,14 +34,15 @@ def test_release_is_small_and_loads_three_ways(release):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_release_reproduces_its_recorded_demo_metrics(demo_store):
-    recorded = read_metadata(RELEASE)["check"]["demo_val"]
-    got = evaluate(str(RELEASE), None, None, demo_store, split="val", device="cpu", identity=False)["store/val"]
+@pytest.mark.parametrize("release", [RELEASE, RELEASE_GAN], ids=["psnr", "gan"])
+def test_release_reproduces_its_recorded_demo_metrics(demo_store, release):
+    recorded = read_metadata(release)["check"]["demo_val"]
+    got = evaluate(str(release), None, None, demo_store, split="val", device="cpu", identity=False)["store/val"]
     for k in ("psnr_y", "ssim_y", "psnr_y_in", "psnr_y_out"):
         assert got[k] == pytest.approx(recorded[k], abs=1e-4), k
 
 
-@pytest.mark.parametrize("release", [RELEASE, RELEASE_FSRNET], ids=["celeba-frame", "fsrnet-frame"])
+@ALL
 def test_release_reproduces_its_recorded_fsrnet_slice(shared_data, release):
     recorded = read_metadata(release)["check"]["fsrnet_celeba_first64"]
     got = evaluate(str(release), None, str(shared_data / "benchmark" / "fsrnet"), None, device="cpu",

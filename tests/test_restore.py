@@ -17,7 +17,7 @@ from proui_data.degrade import downsample
 from proui_train.restore import HR_TO_LR, TINY_EYE_DISTANCE, FaceRestorer, face_mask, paste_face
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE = ROOT / "weights" / "proui-celeba-cpu"
+RELEASE = ROOT / "weights" / "proui-celeba-gpu"
 RELEASE_FSRNET = ROOT / "weights" / "proui-celeba-fsrnet-cpu"
 HOPPER_EYES = 82.7  # px between the eye centres of the demo photo grace_hopper.jpg (600x512)
 
