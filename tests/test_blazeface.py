@@ -16,6 +16,29 @@ from fixtures import demo_photo, write_jpeg
 MIN_FACE = detect.HOG_BOX_PER_EYE * 20.6  # the folder recipe's smallest face: eyes 20.6 px apart
 
 
+def hopper_on_grey() -> np.ndarray:
+    """A 700x900 grey photo with the Grace Hopper demo photo at (300, 100): one face, large enough to find."""
+    canvas = np.full((700, 900, 3), 110, np.uint8)
+    hopper = demo_photo("grace_hopper.jpg")
+    canvas[100:100 + hopper.shape[0], 300:300 + hopper.shape[1]] = hopper
+    return canvas
+
+
+def spy_decode_widths(monkeypatch, search) -> list[int]:
+    """The widths of the images `search` decodes from now on, in order."""
+    from proui_data import decode
+
+    widths: list[int] = []
+    real = decode.decode_image
+
+    def spy(*args, **kwargs):
+        decoded = real(*args, **kwargs)
+        widths.append(decoded.rgb.shape[1])
+        return decoded
+    monkeypatch.setattr(search, "decode_image", spy)
+    return widths
+
+
 def in_thread(fn):
     """fn() on a fresh thread (its own interpreter cache); returns its result or raises its exception."""
     out = {}
@@ -149,20 +172,12 @@ def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_
     from proui_data import decode, search
     from proui_data.recipe import load_recipe
 
-    canvas = np.full((700, 900, 3), 110, np.uint8)
-    hopper = demo_photo("grace_hopper.jpg")
-    canvas[100:100 + hopper.shape[0], 300:300 + hopper.shape[1]] = hopper
+    canvas = hopper_on_grey()
     write_jpeg(tmp_path / "x.jpg", canvas)
     write_jpeg(tmp_path / "blank.jpg", np.full((700, 900, 3), 110, np.uint8))
     recipe = load_recipe(None, "folder")
-    widths = []
     real = decode.decode_image
-
-    def spy(*args, **kwargs):
-        d = real(*args, **kwargs)
-        widths.append(d.rgb.shape[1])
-        return d
-    monkeypatch.setattr(search, "decode_image", spy)
+    widths = spy_decode_widths(monkeypatch, search)
     found, kept, s = search.search_photo((tmp_path / "x.jpg").read_bytes(), recipe)
     assert widths == [450] and s == 1.0  # 1/2 keeps the finest copy (0.405 of the photo): one reduced decode
     assert found.stage == "blazeface" and kept == found.boxes and len(kept) == 1
@@ -181,20 +196,12 @@ def test_a_search_given_the_full_decode_decodes_only_a_jpegs_reduced_copy(tmp_pa
     from proui_data import decode, search
     from proui_data.recipe import load_recipe
 
-    canvas = np.full((700, 900, 3), 110, np.uint8)
-    hopper = demo_photo("grace_hopper.jpg")
-    canvas[100:100 + hopper.shape[0], 300:300 + hopper.shape[1]] = hopper
+    canvas = hopper_on_grey()
     write_jpeg(tmp_path / "x.jpg", canvas)
     cv2.imwrite(str(tmp_path / "x.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     recipe = load_recipe(None, "folder")
-    widths = []
     real = decode.decode_image
-
-    def spy(*args, **kwargs):
-        d = real(*args, **kwargs)
-        widths.append(d.rgb.shape[1])
-        return d
-    monkeypatch.setattr(search, "decode_image", spy)
+    widths = spy_decode_widths(monkeypatch, search)
     for name, max_side, decoded in (("x.png", 2048, []), ("x.jpg", 2048, [450]), ("x.jpg", 600, [])):
         recipe_at = recipe.replace(decode=dataclasses.replace(recipe.decode, max_side=max_side))
         data = (tmp_path / name).read_bytes()
