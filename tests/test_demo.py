@@ -155,8 +155,8 @@ def test_page_restores_through_gradio_client(served, tmp_path):
     pair[:a.shape[0], :a.shape[1]], pair[:b.shape[0], a.shape[1]:] = a, b
     Image.fromarray(pair).save(tmp_path / "pair.png")
     model_input, restored, strips, message = client.predict(
-        _editor(client_mod, tmp_path / "pair.png"), "proui-celeba-fsrnet-cpu", "none", 0, True, 2, api_name="/restore")
-    expected, records = restore(pair, RELEASED[1], downscale=True, upscale=2, device="cpu")
+        _editor(client_mod, tmp_path / "pair.png"), RELEASED[-1].name, "none", 0, True, 2, api_name="/restore")
+    expected, records = restore(pair, RELEASED[-1], downscale=True, upscale=2, device="cpu")
     assert len(records) == 2 and all(r.status == "restored" for r in records)
     assert _rgb(restored).shape == (2 * pair.shape[0], 2 * pair.shape[1], 3)
     assert np.array_equal(_rgb(restored), expected) and np.array_equal(_rgb(model_input), pair)
@@ -170,12 +170,12 @@ def test_page_painted_and_no_face(served, photo, restorer, faces, tmp_path):
     cv2.circle(painted, (220, 140), 30, (255, 255, 255), -1)
     Image.fromarray(painted).save(tmp_path / "painted.png")
     model_input, restored, strips, _ = client.predict(
-        _editor(client_mod, EXAMPLES[0], tmp_path / "painted.png"), "proui-celeba-cpu", "none", 0, True, 1,
+        _editor(client_mod, EXAMPLES[0], tmp_path / "painted.png"), WEIGHTS.name, "none", 0, True, 1,
         api_name="/restore")
     assert np.array_equal(_rgb(model_input), painted)
     assert np.array_equal(_rgb(restored), restorer.restore(painted, faces)[0])
 
     Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(tmp_path / "flat.png")
     model_input, restored, strips, message = client.predict(
-        _editor(client_mod, tmp_path / "flat.png"), "proui-celeba-cpu", "random", 0, True, 1, api_name="/restore")
+        _editor(client_mod, tmp_path / "flat.png"), WEIGHTS.name, "random", 0, True, 1, api_name="/restore")
     assert restored is None and strips is None and message.startswith("No face found")
