@@ -131,7 +131,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
             if not full_scale and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a huge photo then costs a fraction.
                 img.draft("RGB", (max_side, max_side))
-            elif full_scale and img.format == "JPEG" and (keep := max(reduce, min_side / max(w, h))) < 1:
+            elif full_scale and img.format == "JPEG" and (keep := _kept_share((w, h), reduce, min_side)) < 1:
                 img.draft("RGB", (math.ceil(w * keep), math.ceil(h * keep)))  # libjpeg keeps at least this size
             img.load()
             loaded_size, img_format = img.size, img.format
@@ -164,12 +164,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
                    format=img_format)
 
 
+def _kept_share(size: tuple[int, int], reduce: float, min_side: int) -> float:
+    """The share of each side a reduced JPEG decode keeps at least: `reduce`, or more for a long side of `min_side`."""
+    return max(reduce, min_side / max(size))
+
+
 def reduction_factor(size: tuple[int, int], reduce: float, min_side: int = 0) -> int:
     """The DCT scaling denominator (1, 2, 4 or 8) `decode_image(..., reduce, min_side)` decodes a JPEG of `size`
     (width, height; not over `max_side`) at: the largest that keeps at least `reduce` of each side and a long side
     of at least `min_side` px (Pillow's `draft` rule)."""
     w, h = size
-    keep = max(reduce, min_side / max(w, h))
+    keep = _kept_share(size, reduce, min_side)
     if keep >= 1:
         return 1
     fits = min(w // math.ceil(w * keep), h // math.ceil(h * keep))
