@@ -19,7 +19,6 @@ Gradio is imported only when the page is built: the rest of proui never needs it
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from torch import nn
 
 from proui_data import align
 from proui_data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -35,7 +33,6 @@ from proui_data.occlusion import KINDS, KindWeights, OcclusionConfig, occlude
 
 from .infer import strip
 from .restore import FaceRecord, FaceRestorer, check_rgb, paste_face
-from .runtime import load_generator, model_template, pick_device
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = (REPO / "weights" / "proui-celeba-gpu", REPO / "weights" / "proui-celeba-gan-gpu",
@@ -121,8 +118,7 @@ def restore_request(photo: np.ndarray, restorer: FaceRestorer, painted: np.ndarr
     cap = max(1, MAX_OUTPUT_SIDE // max(photo.shape[:2]))
     if restorer.upscale > cap:
         note = f"{note} Upscale x{restorer.upscale} lowered to x{cap} ({MAX_OUTPUT_SIDE} px a side at most).".strip()
-        restorer = copy.copy(restorer)
-        restorer.upscale = cap
+        restorer = restorer.with_options(upscale=cap)
     faces = restorer.search(photo)
     model_input = painted if painted is not None else photo
     if not faces:
@@ -145,13 +141,12 @@ def face_strips(faces: list[FaceRecord]) -> np.ndarray | None:
     return np.concatenate(strips, axis=0) if strips else None
 
 
-def load_models(checkpoints: list[str | Path], device: str = "auto") -> dict[str, tuple[nn.Module, str]]:
-    """name (the folder's or file's name) -> (generator in eval mode, the frame it was trained in)."""
-    dev = pick_device(device)
-    models = {}
+def load_models(checkpoints: list[str | Path], device: str = "auto") -> dict[str, FaceRestorer]:
+    """name (the folder's or file's name) -> its restorer (the generator loaded once, in its recorded frame)."""
+    models: dict[str, FaceRestorer] = {}
     for path in checkpoints:
         name = Path(path).name if Path(path).name not in models else str(path)
-        models[name] = (load_generator(path, dev), model_template(path))
+        models[name] = FaceRestorer(path, device=device)
     return models
 
 
@@ -176,8 +171,7 @@ def build_app(checkpoints: list[str | Path], device: str = "auto") -> Any:
         photo, painted = editor_photos(editor)
         if photo is None:
             return None, None, None, "Upload a photo or pick an example first."
-        generator, template = models[model_name]
-        restorer = FaceRestorer(generator, template, device=device, downscale=bool(downscale), upscale=int(upscale))
+        restorer = models[model_name].with_options(downscale=bool(downscale), upscale=int(upscale))
         r = restore_request(photo, restorer, painted, occluder, int(seed))
         return r.model_input, r.restored, face_strips(r.faces), r.message
 

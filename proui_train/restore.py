@@ -16,6 +16,8 @@ Images are RGB uint8 arrays (H, W, 3), as `PIL.Image.open(path).convert("RGB")` 
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
@@ -150,6 +152,12 @@ def paste_face(canvas: np.ndarray, sr: np.ndarray, mask: np.ndarray, hr_to_canva
     region += alpha[..., None] * (face - region)
 
 
+def _whole_upscale(upscale: int) -> int:
+    if int(upscale) != upscale or upscale < 1:
+        raise ValueError(f"upscale must be a whole number >= 1, got {upscale}")
+    return int(upscale)
+
+
 class FaceRestorer:
     """detect -> align -> restore -> paste back for one generator (see the module docstring).
 
@@ -170,10 +178,17 @@ class FaceRestorer:
         self.generator = model.to(self.device).eval()
         self.template = template or "celeba"
         self.points = align.template_points(self.template)
-        if int(upscale) != upscale or upscale < 1:
-            raise ValueError(f"upscale must be a whole number >= 1, got {upscale}")
-        self.downscale, self.upscale = downscale, int(upscale)
+        self.downscale, self.upscale = downscale, _whole_upscale(upscale)
         self.recipe = search_recipe(min_eye_distance)
+
+    def with_options(self, *, downscale: bool | None = None, upscale: int | None = None) -> FaceRestorer:
+        """A copy with other options, sharing the generator and the search recipe (nothing loaded again)."""
+        other = copy.copy(self)
+        if downscale is not None:
+            other.downscale = downscale
+        if upscale is not None:
+            other.upscale = _whole_upscale(upscale)
+        return other
 
     def search(self, photo: np.ndarray) -> list[Located]:
         """Every face of the photo the folder build's search keeps, largest first, with its 68 points."""
