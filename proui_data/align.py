@@ -26,6 +26,8 @@ Border: where the template reaches past the source image, `warp_to_template` fil
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -120,24 +122,50 @@ def padded_fraction(m: np.ndarray, source_hw: tuple[int, int], size: int = HR_SI
 def warp_to_template(image: np.ndarray, m: np.ndarray, size: int = HR_SIZE, border: str = "replicate") -> np.ndarray:
     """Warp `image` with the (2,3) map `m` into a size x size crop.
 
-    A large reduction is first done with area averaging, so that the bilinear warp does not alias.
+    Only the window of `image` the crop samples is read, so a face costs its own pixels, not the photo's. A
+    reduction of more than 2x is first done there by a block mean (integer blocks: a window's blocks are the
+    photo's), so that the bilinear warp, left a reduction of 1-2x, does not alias.
     Pixels outside the source are filled by `border`: "replicate" (edge pixels), "reflect" (mirror without
     repeating the edge) or "constant" (the source's mean colour).
     """
     if border not in BORDERS:
         raise ValueError(f"unknown border {border!r}; known: {', '.join(BORDERS)}")
-    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    if scale < 0.5:
-        f = min(1.0, 2.0 * scale)  # leave the warp a reduction of about 2x, which bilinear handles
-        small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        # Pixel centres: x_small = (x + 0.5) * f_eff - 0.5, per axis (cv2.resize rounds the size).
-        fx = small.shape[1] / image.shape[1]
-        fy = small.shape[0] / image.shape[0]
-        to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
-        m = compose(m, np.linalg.inv(np.vstack([to_small, [0, 0, 1]]))[:2])
-        image = small
     value = tuple(float(v) for v in cv2.mean(image)[: image.shape[2] if image.ndim == 3 else 1]) if border == "constant" else 0
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border], borderValue=value)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    block = 1 if scale >= 0.5 else math.ceil(0.5 / scale)
+    x0, y0, x1, y1 = _sampled_window(m, size, image.shape[:2], block, border)
+    window = image[y0:y1, x0:x1]
+    h, w = window.shape[:2]
+    if block > 1:
+        # a window ending at the photo's edge with a part block is completed by repeating the edge (< 1 block)
+        pad_y, pad_x = -h % block, -w % block
+        if pad_y or pad_x:
+            window = cv2.copyMakeBorder(window, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+        window = cv2.resize(window, (window.shape[1] // block, window.shape[0] // block), interpolation=cv2.INTER_AREA)
+    # source px -> window px: pixel centres, x_w = (x - x0 + 0.5) / block - 0.5
+    to_window = np.array([[1 / block, 0, (0.5 - x0) / block - 0.5], [0, 1 / block, (0.5 - y0) / block - 0.5]])
+    m = compose(m, np.linalg.inv(np.vstack([to_window, [0, 0, 1]]))[:2])
+    return cv2.warpAffine(window, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border], borderValue=value)
+
+
+def _sampled_window(m: np.ndarray, size: int, source_hw: tuple[int, int], block: int,
+                    border: str) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the part of a source_hw image a size x size warp by `m` reads, with the bilinear's
+    neighbours and, for "reflect", the mirror images of what lies outside; x0, y0 on the `block` grid. A warp that
+    reads nothing inside the image (a crop wholly off it) gets the block nearest to it: borders extend from there."""
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    corners = apply_transform(inv, np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], float))
+    margin = 2 * block + 1
+    window = []
+    for lo, hi, extent in ((corners[:, 0].min(), corners[:, 0].max(), source_hw[1]),
+                           (corners[:, 1].min(), corners[:, 1].max(), source_hw[0])):
+        if border == "reflect":  # reflect-101 reads x < 0 at -x, x > extent - 1 at 2 (extent - 1) - x
+            lo, hi = min(lo, 2 * (extent - 1) - hi), max(hi, -lo)
+        start = int(np.floor((lo - margin) / block)) * block
+        start = min(max(start, 0), max(extent - 1, 0) // block * block)
+        stop = min(max(int(np.ceil(hi + margin)) + 1, start + 1), extent)
+        window += [start, stop]
+    return window[0], window[2], window[1], window[3]
 
 
 def _celeba_frame_to_hr(x: float, y: float) -> tuple[float, float]:
