@@ -119,11 +119,41 @@ def find_landmarks(rgb: np.ndarray, s: float, item: Item, source: Source, recipe
     return located.landmarks, align.landmarks68_to_5(located.landmarks), located.source
 
 
+Photo = tuple[bytes, Decoded]  # a sample's file as read, and its full decode
+
+
+def read_photo(source: Source, item: Item, recipe: Recipe) -> Photo:
+    """The sample's bytes and their decode (decode.max_pixels, decode.max_side). Raises DecodeError, OSError."""
+    data = source.read(item)
+    return data, decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+
+
+class LastPhoto:
+    """`read_photo` that keeps the last photo: the faces of a photo are consecutive rows (`expand_faces`, which
+    names the photo in `Item.photo_key`), which would each read and decode it again. A failed read is not kept (it
+    raises again for the next row)."""
+
+    def __init__(self, source: Source, recipe: Recipe):
+        self.source, self.recipe = source, recipe
+        self.ref: str | None = None
+        self.photo: Photo | None = None
+
+    def __call__(self, item: Item) -> Photo:
+        ref = item.photo_key or item.key  # not path or index: a source may read several photos from one file
+        if ref != self.ref:
+            self.ref = None
+            self.photo = read_photo(self.source, item, self.recipe)
+            self.ref = ref
+        return self.photo
+
+
 def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field],
-                 located: Located | NoFace | None = None) -> dict[str, Any]:
+                 located: Located | NoFace | None = None,
+                 read: Callable[[Item], Photo] | None = None) -> dict[str, Any]:
     """One sample through the whole flow; returns one value per field (see module docstring).
 
-    `located`: the detector's result for this sample when the caller already ran it in a batch.
+    `located`: the detector's result for this sample when the caller already ran it in a batch. `read`: how the
+    sample's photo is read and decoded (default `read_photo`; a shard passes a `LastPhoto`).
     """
     row: dict[str, Any] = {f.name: f.empty(1)[0] for f in fields}
     row["key"] = item.key
@@ -133,8 +163,7 @@ def process_item(item: Item, source: Source, recipe: Recipe, fields: list[Field]
 
     # decode
     try:
-        data = source.read(item)
-        decoded = decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+        data, decoded = read(item) if read is not None else read_photo(source, item, recipe)
         if located is None and searches_bytes(item, recipe):
             item = with_largest_face(item, data, source, recipe, decoded)
     except DecodeError as e:
@@ -214,6 +243,7 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
     t0 = time.perf_counter()
     fields = fields_for(recipe, source)
     located = batch_locate(source, items, recipe) if landmark_backend(recipe) == "face-alignment" else {}
+    read = LastPhoto(source, recipe)
     rows: list[dict[str, Any]] = []
     for i, it in enumerate(items):
         prev = rows[-1] if rows else None
@@ -224,7 +254,7 @@ def build_shard(source: Source, items: list[Item], recipe: Recipe, url: str, spl
                 add_occlusion(row, it, recipe)
             rows.append(row)
         else:
-            rows.append(process_item(it, source, recipe, fields, located.get(i)))
+            rows.append(process_item(it, source, recipe, fields, located.get(i), read))
     block = {}
     for f in fields:
         b = f.empty(len(rows))
@@ -363,8 +393,8 @@ def expand_faces(items: list[Item], found: dict[str, PhotoFaces]) -> list[Item]:
         elif len(boxes) <= 1:
             out.append(dataclasses.replace(it, face_box=tuple(boxes[0]) if boxes else None, face_stage=entry["stage"]))
         else:
-            out += [dataclasses.replace(it, key=f"{it.key}#{k}", face_box=tuple(b), face_stage=entry["stage"])
-                    for k, b in enumerate(boxes)]
+            out += [dataclasses.replace(it, key=f"{it.key}#{k}", face_box=tuple(b), face_stage=entry["stage"],
+                                        photo_key=it.key) for k, b in enumerate(boxes)]
     return out
 
 

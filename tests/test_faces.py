@@ -161,6 +161,54 @@ def test_worker_count_gives_identical_stores(tmp_path):
         np.testing.assert_array_equal(stores[0]["train"][a][:], stores[1]["train"][a][:], err_msg=a)
 
 
+def test_a_photos_faces_read_and_decode_it_once_per_shard(tmp_path, monkeypatch):
+    """The faces of a photo are consecutive rows: a shard reads and decodes each photo once (LastPhoto), and its
+    rows equal those of rows that each read the photo again."""
+    from proui_data import pipeline
+    from proui_data.sources.folder import FolderSource
+
+    d = tmp_path / "photos"
+    write_jpeg(d / "a.jpg", group_photo())
+    write_jpeg(d / "b.jpg", group_photo(0.8))
+    write_jpeg(d / "c.jpg", demo_photo("astronaut.jpg"))
+    recipe = folder_recipe("all")
+    plan = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "once.zarr"), detect_threads=1)
+    reads = []
+    real_read = FolderSource.read
+    monkeypatch.setattr(FolderSource, "read", lambda self, it: reads.append(it.path) or real_read(self, it))
+    run_plan(plan, workers=0, progress=False)
+    assert len(plan.splits["train"]) == 5 and sorted(Path(p).name for p in reads) == ["a.jpg", "b.jpg", "c.jpg"]
+
+    class EveryRow(pipeline.LastPhoto):  # reads and decodes the photo for every row
+        def __call__(self, item):
+            return pipeline.read_photo(self.source, item, self.recipe)
+
+    monkeypatch.setattr(pipeline, "LastPhoto", EveryRow)
+    plan = plan_build(get_source("folder", str(d)), recipe, str(tmp_path / "every.zarr"), detect_threads=1)
+    reads.clear()
+    run_plan(plan, workers=0, progress=False)
+    assert len(reads) == 5
+    once, every = (zarr.open_group(str(tmp_path / n), mode="r")["train"] for n in ("once.zarr", "every.zarr"))
+    for a in once.array_keys():
+        np.testing.assert_array_equal(once[a][:], every[a][:], err_msg=a)
+
+
+def test_last_photo_tells_photos_apart_by_key_not_by_file(tmp_path):
+    """The demo source reads every row from no file (path and index None): consecutive rows of different photos
+    must not share a read; the faces of one photo (expand_faces names it in photo_key) do."""
+    from proui_data import pipeline
+
+    source, recipe = get_source("demo"), folder_recipe("all")
+    items = source.items("train")
+    read = pipeline.LastPhoto(source, recipe)
+    for it in items:
+        assert read(it)[0] == source.read(it), it.key
+    faces = pipeline.expand_faces(items[:1], {items[0].key: {"boxes": [(0, 0, 9, 9), (20, 0, 29, 9)], "stage": "x"}})
+    assert [f.photo_key for f in faces] == [items[0].key] * 2 and faces[1].key == items[0].key + "#1"
+    read = pipeline.LastPhoto(source, recipe)
+    assert read(faces[0]) is read(faces[1])
+
+
 def test_resume_expands_from_the_recorded_detections(tmp_path):
     d = tmp_path / "photos"
     for i in range(10):

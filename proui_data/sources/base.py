@@ -34,6 +34,9 @@ class Item:
     # None and "": not from a detection pass (process_item finds the largest face itself).
     face_box: tuple[float, float, float, float] | None = None
     face_stage: str = ""
+    # With detect.faces = "all": the key of the photo this row is a face of (its rows are consecutive, and a source
+    # reads them all as that photo); "": the row's own key.
+    photo_key: str = ""
 
 
 class Source:
