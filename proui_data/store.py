@@ -126,14 +126,15 @@ def write_shard(group: zarr.Group, fields: list[Field], k: int, rows: dict[str, 
     for f in fields:
         if rows[f.name].shape[0] != stop - start:
             raise ValueError(f"shard {k} of {f.name}: {rows[f.name].shape[0]} rows, expected {stop - start}")
-    delete_objects([shard_object(group[f.name], k) for f in fields])
+    arrays = dict(group.arrays())  # their metadata read once: each `group[name]` reads it from the store again
+    delete_objects([shard_object(arrays[f.name], k) for f in fields])
     for f in fields:
-        group[f.name][start:stop] = rows[f.name]
-    if has_digests(group):
-        stored = read_objects([shard_object(group[f.name], k) for f in fields])
+        arrays[f.name][start:stop] = rows[f.name]
+    if DIGESTS in arrays:  # stores written before digests were recorded have none
+        stored = read_objects([shard_object(arrays[f.name], k) for f in fields])
         record = {f.name: object_digest(data) for f, data in zip(fields, stored)}
-        group[DIGESTS][k] = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    group[DONE][k] = 1
+        arrays[DIGESTS][k] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    arrays[DONE][k] = 1
 
 
 # ----- integrity: what the build recorded against what the store holds -----
