@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -60,7 +61,8 @@ def main() -> None:
     print(f"search (decode + detect + 68 points) per photo: {ms(search)}")
     print(f"align + model + paste per restored face:        {ms(per_face)}")
     print(f"whole photo:                                    {ms(per_photo)}")
-    print(f"total {sum(per_photo):.1f} s: {1000 * sum(per_photo) / max(restored, 1):.0f} ms per restored face")
+    print(f"total {sum(per_photo):.1f} s: {1000 * sum(per_photo) / max(restored, 1):.0f} ms per restored face; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
