@@ -139,7 +139,7 @@ class LastPhoto:
         self.photo: Photo | None = None
 
     def __call__(self, item: Item) -> Photo:
-        ref = item.photo_key or item.key  # not path or index: a source may read several photos from one file
+        ref = item.photo  # not path or index: a source may read several photos from one file
         if ref != self.ref:
             self.ref = None
             self.photo = read_photo(self.source, item, self.recipe)

@@ -38,6 +38,11 @@ class Item:
     # reads them all as that photo); "": the row's own key.
     photo_key: str = ""
 
+    @property
+    def photo(self) -> str:
+        """The key of the photo this row reads: `photo_key` for a face of a group photo, else the row's own key."""
+        return self.photo_key or self.key
+
 
 class Source:
     name = "source"

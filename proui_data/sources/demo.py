@@ -41,7 +41,7 @@ class DemoSource(Source):
         return [Item(key=k) for k in keys if (k.endswith("#half") == (split == "val"))]
 
     def read(self, item: Item) -> bytes:
-        photo, variant = (item.photo_key or item.key).split("#")  # a face row (`<photo>#<k>`) reads its photo
+        photo, variant = item.photo.split("#")  # a face row (`<photo>#<k>`) reads its photo
         data = (importlib.resources.files("proui_data.demo") / photo).read_bytes()
         if variant == "original":
             return data
