@@ -33,10 +33,10 @@ T = TypeVar("T")
 
 DONE = "_shard_done"
 # Per finished shard k, a JSON object {array: [bytes, sha256 hex, crc32c] of its shard-k object as stored, or
-# null where zarr stored none (every row the array's fill value: absent is then the right state)}. sha256 for
-# verify and --repair; crc32c for the loader, which checks the bytes it reads at a fraction of a decode's cost
-# (zstd's frame checksums would cost a third of the decode: docs/benchmarks.md#integrity). Stores written
-# before it have no such array: they verify by their values only.
+# null where zarr stored none: builds before `write_shard` stored all-fill objects left those out, absent was
+# then the right state}. sha256 for verify and --repair; crc32c for the loader, which checks the bytes it reads
+# at a fraction of a decode's cost (zstd's frame checksums would cost a third of the decode:
+# docs/benchmarks.md#integrity). Stores written before it have no such array: they verify by their values only.
 DIGESTS = "_shard_digests"
 BOOKKEEPING = (DONE, DIGESTS)
 # Arrays of which a shard with a valid row always has an object (a valid face's pixels, maps and key are never
@@ -126,7 +126,11 @@ def write_shard(group: zarr.Group, fields: list[Field], k: int, rows: dict[str, 
     for f in fields:
         if rows[f.name].shape[0] != stop - start:
             raise ValueError(f"shard {k} of {f.name}: {rows[f.name].shape[0]} rows, expected {stop - start}")
-    arrays = dict(group.arrays())  # their metadata read once: each `group[name]` reads it from the store again
+    # their metadata read once (each `group[name]` reads it from the store again); write_empty_chunks: zarr's
+    # default compares each chunk with the fill value before writing it, a full pass per array (twice when
+    # sharded: the chunk, then the shard) that took most of a shard's write (benchmarks/write.py), and skips an
+    # all-fill object: written, every object of a finished shard exists, and a lost one is always seen
+    arrays = {name: a.with_config({"write_empty_chunks": True}) for name, a in group.arrays()}
     delete_objects([shard_object(arrays[f.name], k) for f in fields])
     for f in fields:
         arrays[f.name][start:stop] = rows[f.name]
