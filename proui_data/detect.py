@@ -332,7 +332,7 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     `blazeface`: BlazeFace first, for the faces down to the size `scale` stands for (HOG_MIN_BOX / scale px).
     """
     if blazeface:
-        found = blazeface_faces(rgb, scale)
+        found = blazeface_faces(rgb, HOG_MIN_BOX / (scale or 1.0))
         if found is not None:
             return found
     scored = _hog_scored(rgb, upsample, scale, LOW_SCORE if recheck else 0.0)
@@ -358,13 +358,13 @@ def detect(rgb: np.ndarray, upsample: int = 0, fallback: bool = True, scale: flo
     return None
 
 
-def blazeface_faces(rgb: np.ndarray, scale: float | None) -> Detection | None:
-    """The chain's BlazeFace stage alone: faces down to the size HOG's `scale` stands for (HOG_MIN_BOX / scale
-    px), in HOG framing; None when it finds none."""
+def blazeface_faces(rgb: np.ndarray, min_face_box: float) -> Detection | None:
+    """The chain's BlazeFace stage alone: faces down to a box of `min_face_box` px (HOG framing), in HOG framing;
+    None when it finds none."""
     from . import blazeface as bf
 
-    return _scored_detection([(to_hog_frame(b, "blazeface"), s) for b, s in
-                              bf.face_boxes(rgb, HOG_MIN_BOX / (scale or 1.0))], "blazeface")
+    return _scored_detection([(to_hog_frame(b, "blazeface"), s) for b, s in bf.face_boxes(rgb, min_face_box)],
+                             "blazeface")
 
 
 def rescaled(found: Detection, k: float) -> Detection:

@@ -2,9 +2,9 @@
 
 Where the detector chain (`detect.detect`) runs: on a copy scaled so that the smallest accepted face
 (`detect.min_eye_distance`) just fills HOG's window (`detect_scale`), or with the BlazeFace search first on the
-photo decoded reduced (`search_photo`), in full only when BlazeFace finds no face there. `search_photo` gives
-the boxes; `photo_faces` / `image_faces` add each face's 68 points, every face of the photo, largest first, as
-a `detect.faces = "all"` build keeps them.
+photo decoded reduced (`search_photo`), then HOG alone in full only when BlazeFace finds no face there.
+`search_photo` gives the boxes; `photo_faces` / `image_faces` add each face's 68 points, every face of the
+photo, largest first, as a `detect.faces = "all"` build keeps them.
 """
 from __future__ import annotations
 
@@ -14,17 +14,28 @@ import numpy as np
 
 from .blazeface import INPUT as BLAZEFACE_INPUT, MIN_BOX
 from .decode import Decoded, decode_image, decodes_reduced
-from .detect import (HOG_MIN_BOX, Box, Detection, Located, blazeface_faces, detect, faces_kept, landmark_source,
-                     locate_face, rescaled, search_scale)
+from .detect import (HOG_BOX_PER_EYE, HOG_MIN_BOX, MAX_SEARCH_SCALE, Box, Detection, Located, blazeface_faces,
+                     detect, faces_kept, landmark_source, locate_face, rescaled, search_scale)
 from .recipe import Recipe
 
 
 def detect_scale(recipe: Recipe, s: float = 1.0) -> float | None:
     """The scale HOG searches at on an image of `s` px per px of the photo as decoded in full, where the floor
-    `detect.min_eye_distance` holds (BlazeFace derives its own scale from it, `detect.detect`); None: at
-    `upsample` levels."""
+    `detect.min_eye_distance` holds (BlazeFace searches down to its own size for it, `blazeface_min_box`); None:
+    at `upsample` levels."""
     det = recipe.detect
     return search_scale(det.min_eye_distance * s) if det.search in ("min-face", "blazeface") else None
+
+
+def blazeface_min_box(recipe: Recipe, s: float = 1.0) -> float:
+    """The box (HOG framing) of the smallest face the recipe accepts, in px of an image of `s` px per px of the
+    photo as decoded in full: where BlazeFace's search stops. Not HOG's scale (`detect_scale`), which is capped at
+    `detect.MAX_SEARCH_SCALE` (HOG never enlarges a copy further): on a photo decoded at 1/2 the cap had BlazeFace
+    search for faces 1.2x the floor, which missed faces just above it (docs/data.md, "The face search")."""
+    eyes = recipe.detect.min_eye_distance
+    if eyes <= 0:  # no floor: the smallest face HOG's most enlarged copy finds
+        return HOG_MIN_BOX / MAX_SEARCH_SCALE * s
+    return HOG_BOX_PER_EYE * eyes * s
 
 
 def search_options(recipe: Recipe) -> dict[str, Any]:
@@ -44,7 +55,7 @@ def search_reduction(recipe: Recipe) -> float:
     finest copy, where the smallest accepted face is `blazeface.MIN_BOX` px; 1 (a full decode) for HOG."""
     if recipe.detect.search != "blazeface":
         return 1.0
-    return MIN_BOX * search_scale(recipe.detect.min_eye_distance) / HOG_MIN_BOX
+    return MIN_BOX / blazeface_min_box(recipe)
 
 
 def search_decode(data: bytes, recipe: Recipe, full: Decoded | None = None) -> Decoded:
@@ -71,13 +82,15 @@ def search_photo(data: bytes, recipe: Recipe, full: Decoded | None = None) -> tu
     """
     options = search_options(recipe)
     decoded = search_decode(data, recipe, full)
-    if decoded.reduced:
-        found = blazeface_faces(decoded.rgb, detect_scale(recipe, decoded.scale / decoded.full_scale))
+    if options.pop("blazeface"):
+        k = decoded.scale / decoded.full_scale  # 1 but for a reduced decode
+        found = blazeface_faces(decoded.rgb, blazeface_min_box(recipe, k))
         if found is not None:  # BlazeFace's boxes need no pixels to be kept (the recheck is HOG's)
-            found = rescaled(found, decoded.scale / decoded.full_scale)
+            found = rescaled(found, k) if decoded.reduced else found
             return found, faces_kept(decoded.rgb, found), decoded.full_scale
-        decoded = full or decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
-    found = detect(decoded.rgb, scale=detect_scale(recipe), **options)
+        if decoded.reduced:
+            decoded = full or decode_image(data, recipe.decode.max_pixels, recipe.decode.max_side)
+    found = detect(decoded.rgb, scale=detect_scale(recipe), **options)  # HOG alone after BlazeFace
     kept = faces_kept(decoded.rgb, found, options["recheck"]) if found is not None else []
     return found, kept, decoded.scale
 
@@ -102,7 +115,8 @@ def image_faces(rgb: np.ndarray, recipe: Recipe) -> list[Located]:
     """`photo_faces` for an image already decoded (RGB uint8 HxWx3): the same chain and faces kept, searched on
     the image itself rather than on a reduced decode."""
     options = search_options(recipe)
-    found = detect(rgb, scale=detect_scale(recipe), **options)
+    found = blazeface_faces(rgb, blazeface_min_box(recipe)) if options.pop("blazeface") else None
+    found = found or detect(rgb, scale=detect_scale(recipe), **options)
     if found is None:
         return []
     return located_in_boxes(rgb, faces_kept(rgb, found, options["recheck"]), found.stage, recipe)

@@ -168,7 +168,7 @@ def test_clear_errors_without_the_model_or_the_runtime(monkeypatch, tmp_path):
 def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_path, monkeypatch):
     """`search.search_photo`: BlazeFace searches the JPEG decoded at 1/2 (DCT scaling), its boxes come back in a
     full decode's pixels, close to a search of the full decode; a photo where it finds no face is decoded in full
-    for HOG."""
+    for HOG, which searches it alone (BlazeFace does not search the same photo again at the same scales)."""
     from proui_data import decode, search
     from proui_data.recipe import load_recipe
 
@@ -185,8 +185,40 @@ def test_the_folder_search_reads_a_reduced_decode_and_gives_full_size_boxes(tmp_
     ref = detect.detect(full.rgb, 0, False, search.detect_scale(recipe), blazeface=True)
     assert detect.box_iou(found.boxes[0], ref.boxes[0]) > 0.9
     widths.clear()
+    searched = []
+    monkeypatch.setattr(blazeface, "face_boxes", lambda rgb, box: searched.append(rgb.shape[1]) or [])
     assert search.search_photo((tmp_path / "blank.jpg").read_bytes(), recipe) == (None, [], 1.0)
     assert widths == [450, 900]  # no face at 1/2: HOG searched the full decode
+    assert searched == [450]
+
+
+def test_on_a_reduced_decode_blazeface_searches_down_to_the_floor(tmp_path, monkeypatch):
+    """The smallest face BlazeFace looks for in the 1/2 decode is the floor's (eyes 20.6 px apart in the photo: a
+    box of 2.4 x 20.6 / 2 px there), not the one HOG's capped scale stands for (2x at most: 30 px, 1.2x the floor)."""
+    from proui_data import search
+    from proui_data.recipe import load_recipe
+
+    write_jpeg(tmp_path / "blank.jpg", np.full((700, 900, 3), 110, np.uint8))
+    asked = []
+    monkeypatch.setattr(blazeface, "face_boxes", lambda rgb, box: asked.append((rgb.shape[1], box)) or [])
+    search.search_photo((tmp_path / "blank.jpg").read_bytes(), load_recipe(None, "folder"))
+    assert asked == [(450, pytest.approx(detect.HOG_BOX_PER_EYE * 20.6 / 2))]
+
+
+def test_the_floor_search_finds_the_people_beside_helens_annotated_face(shared_data):
+    """Helen photos where the search at the floor finds a second, real person that HOG's capped scale, which
+    left the 512-px photos to the whole-photo 192-px level, missed (the one beside her; the boy in the film strip
+    below him)."""
+    from proui_data import search
+    from proui_data.recipe import load_recipe
+
+    recipe = load_recipe(None, "folder")
+    for name in ("19618587_1.jpg", "118736733_2.jpg"):
+        data = (shared_data / "300w" / "helen" / "trainset" / name).read_bytes()
+        _, faces = search.photo_faces(data, recipe)
+        eyes = [np.linalg.norm(f.landmarks[36:42].mean(0) - f.landmarks[42:48].mean(0)) for f in faces]
+        assert len(faces) == 2 and min(eyes) > 60, (name, eyes)
+        assert detect.box_iou(faces[0].box, faces[1].box) == 0
 
 
 def test_a_search_given_the_full_decode_decodes_only_a_jpegs_reduced_copy(tmp_path, monkeypatch):
