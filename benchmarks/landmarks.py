@@ -164,8 +164,7 @@ def blazeface_boxes(rgb: np.ndarray, data: bytes) -> list:
     recipe = folder_recipe()
     small = search.search_decode(data, recipe)
     k = small.scale / small.full_scale
-    scale = search.detect_scale(recipe, small.scale / small.full_scale)
-    return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, detect.HOG_MIN_BOX / scale)]
+    return [detect.from_copy(b, k, k) for b, _ in blazeface.face_boxes(small.rgb, search.blazeface_min_box(recipe, k))]
 
 
 CALIBRATED = {"dlib-mmod": lambda rgb, data: detect.mmod_boxes(rgb),
@@ -264,8 +263,8 @@ def folder_recipe(upsample: int = 0, min_face: bool = True, fallback: bool = Fal
                                                 min_eye_distance=min_eye, recheck=recheck or None))
 
 
-def search(rgb: np.ndarray, data: bytes, upsample: int, min_face: bool, fallback: bool, min_eye: float,
-           recheck: bool, blazeface: bool, kept: bool = False):
+def build_search(rgb: np.ndarray, data: bytes, upsample: int, min_face: bool, fallback: bool, min_eye: float,
+                 recheck: bool, blazeface: bool, kept: bool = False):
     """(the Detection of the largest-face choice, or None; with `kept` also the faces a faces = "all" build keeps)
     in `rgb`'s pixels, searched as a build searches: the BlazeFace search from the photo's bytes (decoded reduced,
     `search.search_photo`: its decoding counts), the others on the decoded photo."""
@@ -285,7 +284,7 @@ def run_search(images: list[np.ndarray], photos: list[bytes], *options):
     min_eye = options[3]
     out, cpu, wall = [], time.process_time(), time.perf_counter()
     for rgb, data in zip(images, photos):
-        found = search(rgb, data, *options)
+        found = build_search(rgb, data, *options)
         pts = detect.predict_in_box(rgb, found.boxes[0]) if found else None
         out.append(pts if pts is not None and eye_distance(pts) >= min_eye else None)
     return out, time.process_time() - cpu, time.perf_counter() - wall
@@ -303,10 +302,10 @@ def compare(helen, helen_bytes: list[bytes], wild: list[np.ndarray], wild_bytes:
     print("| search | Helen photos/s | Helen CPU-ms/photo | Helen detected (NME<0.2) | Helen NME mean / median |"
           " wild photos/s | wild CPU-ms/photo | wild photos with a face |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, *search in SEARCHES:
-        pts, cpu_h, wall_h = run_search([rgb for _, rgb, _ in helen], helen_bytes, *search)
+    for name, *options in SEARCHES:
+        pts, cpu_h, wall_h = run_search([rgb for _, rgb, _ in helen], helen_bytes, *options)
         s = summarize([nme(p, gt) for p, (_, _, gt) in zip(pts, helen) if p is not None], len(helen))
-        found, cpu_w, wall_w = run_search(wild, wild_bytes, *search)
+        found, cpu_w, wall_w = run_search(wild, wild_bytes, *options)
         n_w = sum(p is not None for p in found)
         print(f"| {name} | {len(helen) / wall_h:.1f} | {1000 * cpu_h / len(helen):.1f} | "
               f"{s['detected']}/{s['n']} ({100 * s['rate']:.1f} %) | {s['nme']:.4f} / {s['median']:.4f} | "
@@ -321,7 +320,7 @@ def faces_found(helen, helen_bytes: list[bytes], *options) -> dict[str, list[flo
     out: dict[str, list[float]] = {"largest": [], "all": [], "faces": [], "cpu": []}
     for (_, rgb, gt), data in zip(helen, helen_bytes):
         cpu = time.process_time()
-        found, kept = search(rgb, data, *options, kept=True)
+        found, kept = build_search(rgb, data, *options, kept=True)
         errors = {}
         for box in kept:
             pts = detect.predict_in_box(rgb, box)
@@ -342,8 +341,8 @@ def faces(helen, helen_bytes: list[bytes]) -> None:
     print("| search | largest, NME<0.2 | all, NME<0.2 | largest, NME<0.1 | all, NME<0.1 | faces per photo (all) |"
           " CPU-ms/photo (all) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, *search in SEARCHES:
-        r = faces_found(helen, helen_bytes, *search)
+    for name, *options in SEARCHES:
+        r = faces_found(helen, helen_bytes, *options)
         cells = []
         for bound in (DETECTED_NME, 0.1):
             for sel in ("largest", "all"):
