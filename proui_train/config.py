@@ -81,6 +81,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     image_every: int = 500  # TensorBoard image grids
     max_nonfinite: int = 20  # stop after this many skipped steps with a NaN/inf loss
+    # a release or run folder whose generator weights (a run's inference weights, the EMA) the run starts from,
+    # to fine-tune them with other data or terms; its model must be this config's; a resumed run loads its own
+    init: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

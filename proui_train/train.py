@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from proui_data.schema import HR_SIZE
 
 from .checkpoint import has_checkpoint, load_latest, save_checkpoint
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import DeviceBatcher, StoreDataset, make_loader, open_split
 from .metrics import quality
 from .runtime import pick_device, seed_everything, to_uint8
@@ -276,6 +276,9 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     if master:
         log.info("run folder: %s", run_dir.resolve())
     validating = check_splits(cfg) and master  # before any work: a misspelled split fails here
+    starts_anew = not (resume and has_checkpoint(run_dir))
+    if cfg.init and starts_anew and not Path(cfg.init).exists():
+        raise ConfigError(f"init: {cfg.init} does not exist (a release or run folder whose generator to start from)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
     seed_everything(cfg.seed)  # every rank starts from the same weights, so its EMA copy does too
@@ -288,9 +291,12 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     # iterator is made, which a resumed run does at a different point.
     aug_rng = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
     at = Progress()
-    if resume and has_checkpoint(run_dir):
+    if not starts_anew:
         at = resume_from(run_dir, trainer, batcher, aug_rng, rank, world, device)
     else:
+        if cfg.init:
+            trainer.start_from(cfg.init)
+            log.info("generator and EMA start from %s", cfg.init)
         batcher.set_epoch(at.epoch)
     recorder = Recorder(run_dir, cfg, master, from_step=at.step)
     checkpoint = lambda: save_run(cfg, trainer, batcher, aug_rng, at, rank, world, device)  # noqa: E731

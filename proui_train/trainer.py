@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .data import open_split
 from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
-from .runtime import build_generator
+from .runtime import build_generator, load_generator
 
 log = logging.getLogger(__name__)
 LOCAL_CROP = 64
@@ -180,6 +180,16 @@ class ProUIGANTrainer:
     def describe(self) -> str:
         return (f"generator ({self.cfg.model.arch}) {count_parameters(self.generator)} parameters, discriminators "
                 + ", ".join(str(count_parameters(d)) for d in self.discriminators))
+
+    def start_from(self, source: str) -> None:
+        """Generator and EMA take the inference weights of a release or run folder (`runtime.load_generator`):
+        the start of a fine-tuning run. A model that is not this config's is a clear error."""
+        state = load_generator(source, "cpu").state_dict()
+        try:
+            self.generator.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"init = {source!r}: its generator is not the model this config builds ({e})") from None
+        self.ema.load_state_dict(state)
 
     def _load_vgg(self):
         if not self.cfg.loss.vgg_weights:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from proui_train import train as train_mod
 from proui_train import trainer as trainer_mod
-from proui_train.runtime import build_generator
+from proui_train.runtime import build_generator, load_generator
 from proui_train.checkpoint import load_checkpoint, save_checkpoint
 from proui_train.cli import main as cli
 from proui_train.config import ConfigError, load_config
@@ -68,6 +68,25 @@ def test_resume_equals_uninterrupted_training(demo_store, tmp_path):
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= 1e-6
     assert full["loss/g"] == pytest.approx(resumed["loss/g"], abs=1e-6)
+
+
+def test_init_starts_the_generator_and_ema_from_another_run(demo_store, tmp_path):
+    """`init`: a run starts from another run's (or a release's) inference weights and trains on from them; a
+    missing source or another model is a clear error."""
+    train_mod.train(small_config(demo_store, tmp_path / "a", 2), progress=False)
+    source = load_generator(tmp_path / "a").state_dict()
+    cfg = small_config(demo_store, tmp_path / "b", 1, init=str(tmp_path / "a"))
+    fresh = trainer_mod.ProUIGANTrainer(cfg, torch.device("cpu"))
+    assert not all(torch.equal(v, source[k]) for k, v in fresh.generator.state_dict().items())
+    fresh.start_from(cfg.init)
+    for model in (fresh.generator, fresh.ema):
+        assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())
+    assert train_mod.train(cfg, progress=False)["step"] == 1
+    with pytest.raises(ConfigError, match="does not exist"):
+        train_mod.train(small_config(demo_store, tmp_path / "c", 1, init=str(tmp_path / "none")), progress=False)
+    plain = small_config(demo_store, tmp_path / "d", 1, init=str(tmp_path / "a"), **{"model.arch": "plain"})
+    with pytest.raises(ValueError, match="not the model this config builds"):
+        trainer_mod.ProUIGANTrainer(plain, torch.device("cpu")).start_from(plain.init)
 
 
 def test_nonfinite_losses_are_skipped_then_stop(demo_store, tmp_path, monkeypatch):
