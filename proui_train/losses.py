@@ -1,4 +1,4 @@
-"""Pro-UIGAN losses: pixel L2, total variation, VGG style and perceptual terms, LSGAN, heatmap MSE.
+"""Pro-UIGAN losses: pixel L2, total variation, VGG style and perceptual terms, LSGAN, heatmap MSE; ours: identity.
 
 Term definitions and per-stage weights follow the authors' train.py (SEU-yang/Pro-UIGAN): L2 is MSE, TV is the
 mean absolute difference of neighbouring pixels, style is the L1 distance of Gram matrices, perceptual is the
@@ -6,7 +6,7 @@ MSE of VGG features, the adversarial term is least-squares. Images are in [-1, 1
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -99,6 +99,15 @@ def perceptual_loss(pred_features: Sequence[torch.Tensor], target_features: Sequ
     return sum(F.mse_loss(p.float(), t.float()) for p, t in zip(pred_features, target_features))
 
 
+def identity_loss(descriptor: Callable[[torch.Tensor], torch.Tensor], pred: torch.Tensor, target: torch.Tensor
+                  ) -> torch.Tensor:
+    """1 - cosine similarity of face-recognition descriptors of the output and the HR ((B,3,128,128) aligned
+    faces in [-1, 1]); the HR's descriptor is a constant of the step."""
+    with torch.no_grad():
+        wanted = descriptor(target)
+    return (1.0 - F.cosine_similarity(descriptor(pred), wanted, dim=1)).mean()
+
+
 def _as_list(scores: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [scores] if isinstance(scores, torch.Tensor) else list(scores)
 
@@ -154,6 +163,9 @@ class LossConfig:
     feature_matching  not the reference: L1 between the discriminators' block outputs on the output and on the HR
                  (`feature_matching_loss`), during the adversarial phase; a perceptual term without VGG
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
+    identity     not the reference: 1 - cosine of dlib's face-recognition descriptors (its ResNet, ported to torch:
+                 `models.dlib_resnet`) of the final output and the HR (`identity_loss`); the network `eval`'s
+                 identity figure is also measured with, so that figure is no independent judge of this term
     vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
                  perceptual terms (VGG19 cannot be downloaded here); empty: both terms are off
     """
@@ -172,11 +184,12 @@ class LossConfig:
     local_adversarial: float = 0.0
     feature_matching: float = 0.0
     mask_weight: float = 0.0
+    identity: float = 0.0
     vgg_weights: str = ""
 
     def __post_init__(self) -> None:
-        scalars = ("adversarial", "local_adversarial", "feature_matching", "mask_weight", "vgg_weights", "heatmap_kind",
-                   "heatmap_foreground")
+        scalars = ("adversarial", "local_adversarial", "feature_matching", "mask_weight", "identity", "vgg_weights",
+                   "heatmap_kind", "heatmap_foreground")
         if self.heatmap_kind not in HEATMAP_LOSSES:
             raise ValueError(f"heatmap_kind must be one of {HEATMAP_LOSSES}, got {self.heatmap_kind!r}")
         lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name not in scalars}
@@ -252,6 +265,7 @@ def generator_loss(
     d_fake: torch.Tensor | Sequence[torch.Tensor] | None = None,
     d_fake_local: torch.Tensor | None = None,
     d_features: tuple[Sequence[Sequence[torch.Tensor]], Sequence[Sequence[torch.Tensor]]] | None = None,
+    identity: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of every generator term -> (total, {name: unweighted term, detached}).
 
@@ -267,6 +281,7 @@ def generator_loss(
     d_fake_local: the local discriminator's output on crops of outputs["final"]; adds 'local_adversarial'.
     d_features: (fake, real) block outputs of each discriminator on the output and on the HR; adds
              'feature_matching'.
+    identity: aligned [-1, 1] faces -> face-recognition descriptors; with weights.identity adds 'identity'.
     targets may hold "points": {16: (B,7,2), 32: (B,42,2), 64: (B,68,2)}, the stage's landmarks in its heatmaps'
     pixels (needed when weights.points is set), and "mask": {size: (B,1,s,s)} occlusion masks; with weights.mask_weight the pixel L2 terms
     weigh occluded pixels more. Stages without "heatmaps" (the plain baseline) skip the heatmap terms.
@@ -323,4 +338,6 @@ def generator_loss(
         add("local_adversarial", weights.local_adversarial, lsgan_generator_loss(d_fake_local))
     if d_features is not None and weights.feature_matching:
         add("feature_matching", weights.feature_matching, feature_matching_loss(*d_features))
+    if identity is not None and weights.identity:
+        add("identity", weights.identity, identity_loss(identity, outputs["final"], _lookup(hr, HR_SIZE, "hr")))
     return total, terms

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from proui_train.targets import render_heatmaps_torch, to_map_pixels
 
 from .augment import flip_batch
 from .config import TrainConfig
-from .data import open_split
+from .data import open_split, open_store
 from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
 from .runtime import build_generator, load_generator
@@ -158,6 +159,7 @@ class ProUIGANTrainer:
                                       betas=o.betas, **fused)
         self.weights = loss_weights(cfg)
         self.vgg = self._load_vgg()
+        self.identity = self._load_identity()
         self.heatmaps = StageHeatmaps(cfg.data.heatmap_sigma).to(device)
         self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
         self.g_model: nn.Module = self.generator
@@ -190,6 +192,16 @@ class ProUIGANTrainer:
         except RuntimeError as e:
             raise ValueError(f"init = {source!r}: its generator is not the model this config builds ({e})") from None
         self.ema.load_state_dict(state)
+
+    def _load_identity(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """With loss.identity: aligned [-1, 1] faces of the training store's frame -> dlib's descriptors."""
+        if not self.cfg.loss.identity:
+            return None
+        from .models.dlib_resnet import face_chips, load_dlib_face_resnet
+
+        net = load_dlib_face_resnet().to(self.device)
+        template = (open_store(self.cfg.data.store).attrs.get("template") or {}).get("name", "celeba")
+        return lambda faces: net(face_chips((faces.float() + 1.0) * 127.5, template))
 
     def _load_vgg(self):
         if not self.cfg.loss.vgg_weights:
@@ -259,7 +271,7 @@ class ProUIGANTrainer:
                 if matching:
                     d_features = (fake_features, [[f.detach() for f in fs] for fs in real_features])
             loss_g, terms = generator_loss(out, targets, w, self.vgg, scores[0], scores[1] if len(scores) > 1 else None,
-                                           d_features)
+                                           d_features, self.identity)
         self.opt_g.zero_grad(set_to_none=True)
         if not all_finite(loss_g, loss_d):
             self.opt_d.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from proui_train.losses import (  # noqa: E402
     gram_matrix,
     heatmap_loss,
     hr_pyramid,
+    identity_loss,
     l2_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
@@ -172,6 +173,31 @@ def test_generator_loss_total_is_the_weighted_sum(vgg_weights):
     # Perceptual and style vanish on perfect outputs, and the reference's perceptual term is per image pair.
     _, perfect = generator_loss(_perfect_outputs(targets), targets, vgg=vgg)
     assert all(perfect[f"stage{s}/{n}"] < 1e-6 for s in (1, 2, 3) for n in ("style", "perceptual"))
+
+
+def test_identity_term_is_one_minus_the_descriptor_cosine():
+    """With a descriptor that is a fixed linear map of the face, the term is 1 - cosine by hand, 0 for the HR
+    itself, reaches the output only (the HR's descriptor is constant), and generator_loss adds it with its weight
+    only when a descriptor is given."""
+    project = torch.randn(3 * 128 * 128, 16)
+    descriptor = lambda faces: faces.flatten(1) @ project  # noqa: E731
+    hr = torch.rand(2, 3, 128, 128) * 2 - 1
+    out = (hr + 0.3 * torch.randn_like(hr)).requires_grad_()
+    a, b = descriptor(out.detach()), descriptor(hr)
+    want = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()
+    torch.testing.assert_close(identity_loss(descriptor, out, hr), want)
+    assert identity_loss(descriptor, hr, hr).abs() < 1e-6
+    identity_loss(descriptor, out, hr).backward()
+    assert out.grad.abs().sum() > 0
+    targets = _targets()
+    outputs = _perfect_outputs(targets)
+    _, without = generator_loss(outputs, targets, StageLossWeights(identity=2.0))
+    total, terms = generator_loss(outputs, targets, StageLossWeights(identity=2.0), identity=descriptor)
+    base, _ = generator_loss(outputs, targets, StageLossWeights())
+    assert "identity" not in without and terms["identity"].abs() < 1e-6  # perfect outputs: the HR's descriptor
+    _, off = generator_loss(outputs, targets, StageLossWeights(), identity=descriptor)
+    assert "identity" not in off  # weight 0: skipped
+    torch.testing.assert_close(total, base + 2.0 * terms["identity"])
 
 
 def test_generator_loss_names_missing_targets():

@@ -89,6 +89,17 @@ def test_init_starts_the_generator_and_ema_from_another_run(demo_store, tmp_path
         trainer_mod.ProUIGANTrainer(plain, torch.device("cpu")).start_from(plain.init)
 
 
+def test_identity_term_trains_with_dlibs_descriptor(demo_store, tmp_path):
+    """loss.identity > 0: the trainer loads dlib's ResNet (models.dlib_resnet) and logs the term; 1 - cosine of
+    the two descriptors lies in [0, 2]; without the weight no network is loaded."""
+    cfg = small_config(demo_store, tmp_path / "id", 1, **{"loss.identity": 1.0})
+    trainer = trainer_mod.ProUIGANTrainer(cfg, torch.device("cpu"))
+    assert trainer.identity is not None and trainer_mod.ProUIGANTrainer(
+        small_config(demo_store, tmp_path / "no", 1), torch.device("cpu")).identity is None
+    out = train_mod.train(cfg, progress=False)
+    assert 0 < out["loss/identity"] < 2
+
+
 def test_nonfinite_losses_are_skipped_then_stop(demo_store, tmp_path, monkeypatch):
     real = trainer_mod.generator_loss
 
