@@ -31,7 +31,7 @@ def blazeface_min_box(recipe: Recipe, s: float = 1.0) -> float:
     """The box (HOG framing) of the smallest face the recipe accepts, in px of an image of `s` px per px of the
     photo as decoded in full: where BlazeFace's search stops. Not HOG's scale (`detect_scale`), which is capped at
     `detect.MAX_SEARCH_SCALE` (HOG never enlarges a copy further): on a photo decoded at 1/2 the cap had BlazeFace
-    search for faces 1.2x the floor, which missed faces just above it (docs/data.md, "The face search")."""
+    search for faces 1.2x the floor, and missed faces (docs/data.md, "Photos from the wild")."""
     eyes = recipe.detect.min_eye_distance
     if eyes <= 0:  # no floor: the smallest face HOG's most enlarged copy finds
         return HOG_MIN_BOX / MAX_SEARCH_SCALE * s
