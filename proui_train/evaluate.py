@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from proui_data.align import template_box
 from proui_data.schema import HR_SIZE
 
-from .data import StoreError, open_split, open_store
+from .data import StoreError, open_split, open_store, store_template
 from .metrics import quality
 from .models import STAGE_LANDMARKS
 from .report import bicubic
@@ -222,7 +222,7 @@ def evaluate_store(store: str, split: str, predict: Predict | None, identity: bo
     not the result."""
     root = open_store(store)
     g = open_split(root, split)
-    box = template_box((root.attrs.get("template") or {}).get("name", "celeba"))  # the store's frame
+    box = template_box(store_template(root))  # the store's frame
     valid = np.flatnonzero(g["valid"][:])[:limit]
     inp = input_name or ("lr_occluded" if "lr_occluded" in g.array_keys() else "lr")
     if inp not in g.array_keys():
@@ -307,7 +307,7 @@ def evaluate(checkpoint: str | None, baseline: str | None, benchmark: str | None
             if (root / hr_dir).is_dir():
                 results[name] = evaluate_fsrnet(root, name, predict, identity, batch=batch_size, limit=limit)
     if store:
-        _check_frame(frame, (open_store(store).attrs.get("template") or {}).get("name", "celeba"), store)
+        _check_frame(frame, store_template(store), store)
         results[f"store/{split}"] = evaluate_store(store, split, predict, identity, batch=batch_size,
                                                    input_name=store_input, limit=limit,
                                                    baseline=baseline or "bicubic", attributes=classifiers)

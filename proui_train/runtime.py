@@ -16,6 +16,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, config_from_dict
 from .data.device import from_uint8, to_uint8  # noqa: F401 - the one pixel conversion, re-exported here
+from .data.shards import DEFAULT_TEMPLATE, store_template
 from .models import ProUIGAN, ProUIGANConfig
 from .models.plain import PlainProgressive
 from .release import CONFIG_KEY, is_weights_file, load_weights_file, read_metadata, recorded_template, save_release
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from .models.pro_uigan import HeatmapEstimator
 
 ARCHS = ("proui", "plain")
-DEFAULT_TEMPLATE = "celeba"
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,10 @@ def release_run(run_dir: str | Path, out_dir: str | Path, card: str = "", extra:
 
 def run_template(ck: dict) -> str | None:
     """The template a run was trained in: the one its training store records (None when the store is gone)."""
-    from proui_data.store import open_root
-
     store = (ck.get("config") or {}).get("data", {}).get("store")
     try:
-        return (open_root(store).attrs.get("template") or {}).get("name", DEFAULT_TEMPLATE) if store else None
-    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return store_template(store) if store else None
+    except (KeyError, OSError):  # StoreError (a KeyError): no store there any more
         return None
 
 

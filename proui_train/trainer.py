@@ -24,7 +24,7 @@ from proui_train.targets import render_heatmaps_torch, to_map_pixels
 
 from .augment import flip_batch
 from .config import TrainConfig
-from .data import open_split, open_store
+from .data import open_split, store_template
 from .losses import LossConfig, generator_loss, hr_pyramid, lsgan_discriminator_loss
 from .models import STAGE_LANDMARKS, count_parameters, crop_patches, global_discriminator, local_discriminator
 from .runtime import build_generator, load_generator
@@ -200,7 +200,7 @@ class ProUIGANTrainer:
         from .models.dlib_resnet import face_chips, load_dlib_face_resnet
 
         net = load_dlib_face_resnet().to(self.device)
-        template = (open_store(self.cfg.data.store).attrs.get("template") or {}).get("name", "celeba")
+        template = store_template(self.cfg.data.store)
         return lambda faces: net(face_chips((faces.float() + 1.0) * 127.5, template))
 
     def _load_vgg(self):

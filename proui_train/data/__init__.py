@@ -15,10 +15,10 @@ from .dataset import DEFAULT_ARRAYS, StoreDataset
 from .device import CONVERSIONS, DeviceBatcher, from_uint8, to_model_layout, to_uint8
 from .plan import Batch, Segment
 from .ring import BatchRing, StoreLoader, make_loader
-from .shards import StoreError, gather_rows, open_split, open_store, shard_decoder
+from .shards import StoreError, gather_rows, open_split, open_store, shard_decoder, store_template
 
 __all__ = [
     "CONVERSIONS", "DEFAULT_ARRAYS", "Batch", "BatchRing", "DeviceBatcher", "Segment", "StoreDataset",
     "StoreError", "StoreLoader", "from_uint8", "gather_rows", "make_loader", "open_split", "open_store", "shard_decoder",
-    "to_model_layout", "to_uint8",
+    "store_template", "to_model_layout", "to_uint8",
 ]

@@ -77,6 +77,16 @@ def open_store(store: Any, storage_options: dict | None = None) -> zarr.Group:
         raise StoreError(f"{store}: not a readable proui store ({type(e).__name__}: {e})") from None
 
 
+DEFAULT_TEMPLATE = "celeba"  # the frame of a store that records none (proui_data's default template)
+
+
+def store_template(store: Any) -> str:
+    """The frame (`proui_data.align` template) a store's faces are aligned in: its root `template` attribute,
+    DEFAULT_TEMPLATE for a store that records none. `store`: a root group, or what `open_store` takes."""
+    root = store if isinstance(store, zarr.Group) else open_store(store)
+    return (root.attrs.get("template") or {}).get("name", DEFAULT_TEMPLATE)
+
+
 def open_split(store: Any, split: str, storage_options: dict | None = None) -> zarr.Group:
     """The group of one split, read-only; a missing store or split raises StoreError naming the splits the
     store has. Every reader of a split (loader, validation, eval, report) opens it here."""
