@@ -422,16 +422,10 @@ def face_chips(faces: torch.Tensor, template: str = "celeba", size: int = CHIP_S
     """(N,3,H,H) aligned faces in [0,255] -> (N,3,size,size) dlib chips, bilinear and differentiable.
 
     dlib samples bilinearly too (black outside the image; the chip lies inside a 128 celeba frame), then
-    truncates to uint8 (its chips are 0.5 lower on average; we keep floats). The chip is fixed, from the
-    template's points; identity.face_descriptor instead runs dlib's 5-point predictor in TEMPLATE_BOX on
-    each face and cuts the chip from those points. Measured on 197 CelebA faces aligned by align (68-point
-    dlib landmarks): with dlib's own per-face chip map our chips give cosine 0.99999 to face_descriptor (the
-    sampling convention is dlib's; on the demo faces our chip is dlib's get_face_chip + 0.0..1.0, the
-    truncation); with this fixed map the cosine is 0.9946 on average, min 0.975, 5th percentile 0.987
-    (Euclidean 0.15 mean, 0.33 max; dlib's same-person threshold is 0.6), and the chip centre lies 2.0 chip
-    px from dlib's (95th pct 4.1), the corners 6-8 px (95th pct 15-19): the predictor's per-face scale and
-    rotation. The mean of dlib's per-face maps is no closer (cosine 0.9946). For scale: raw descriptors of
-    two different people have cosine 0.84 on average (max 0.977) on those faces.
+    truncates to uint8; we keep floats. The chip is fixed, from the template's points, where
+    identity.face_descriptor runs dlib's 5-point predictor on each face and cuts the chip from its points: the
+    two descriptors differ by that per-face scale and rotation, which no fixed map follows (how much:
+    docs/training.md, "An identity term"; tests/test_dlib_resnet.py bounds it).
     """
     grid = face_chip_grid(faces.shape[0], template, faces.shape[-1], size, faces.device, faces.dtype)
     return F.grid_sample(faces, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
