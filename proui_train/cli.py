@@ -106,7 +106,7 @@ def run(config_path, data, steps, run_dir, batch_size, workers, device, resume, 
               help="Faces per forward pass: memory grows with it; the figures do not change.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N faces of each set or split.")
 @click.option("--no-identity", is_flag=True,
-              help="Skip the dlib downstream tasks on the outputs (identity similarity, dlib NME; slow on CPU).")
+              help="Skip the downstream tasks on the outputs (identity by dlib and FaceNet, dlib NME; slow on CPU).")
 @click.option("--attributes", "attributes_dir", type=click.Path(exists=True, file_okay=False),
               help="Attribute classifiers from `proui-train attributes`: adds attribute accuracy (their split only).")
 def eval_cmd(checkpoint, baseline, benchmark, data, split, input_name, out_path, device, batch_size, limit,

@@ -6,8 +6,8 @@ they are. A model gets the 16x16 input back by inverting that upsampling (`recov
 `imresize(lr, 8, 'bicubic')` images (Keys a = -0.5, symmetric border): the recovered 16x16, upsampled again
 the same way, reproduces the provided CelebA-1000 files at 44.4 dB PSNR (JPEG noise), where area-reducing
 them (8x8 means, what we did before) hands the model a blurred input and costs it ~0.55 dB. Metrics:
-PSNR/SSIM on Y (BT.601) and RGB, no border crop (`proui_train.metrics`), identity similarity of dlib
-descriptors of output vs HR, and, for a model, the NME of its own stage-3 landmark estimate against dlib's
+PSNR/SSIM on Y (BT.601) and RGB, no border crop (`proui_train.metrics`), identity similarity of output vs
+HR by two judges (dlib's descriptors; FaceNet's embeddings, `models/facenet.py`, when installed), and, for a model, the NME of its own stage-3 landmark estimate against dlib's
 68 points on the HR (the sets have no landmark annotation; stated as `nme_vs_dlib`).
 A store split (`--data STORE --split S`) adds the metrics inside / outside the occlusion mask and the NME
 against the store's landmarks.
@@ -153,19 +153,38 @@ def _faces_np(faces: torch.Tensor) -> list[np.ndarray]:
     return [t.clamp(0, 255).byte().permute(1, 2, 0).numpy() for t in faces]
 
 
-def _identities(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> torch.Tensor:
-    """(B,) cosine of dlib's face descriptors of each output and its HR."""
-    from .identity import identity_similarity
+@functools.cache
+def _facenet():
+    """The independent identity judge, or None (said once) when its graph is not installed."""
+    from .models.facenet import FaceNetUnavailable, load_facenet
 
-    return torch.tensor([identity_similarity(a, b, box) for a, b in zip(_faces_np(sr), _faces_np(hr))],
-                        dtype=torch.float64)
+    try:
+        return load_facenet()
+    except FaceNetUnavailable as err:
+        log.warning("identity_facenet is not computed: %s", err)
+        return None
+
+
+def _identities(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> dict[str, torch.Tensor]:
+    """(B,) cosines of each output and its HR: dlib's descriptors ("identity_cosine", the network the identity
+    loss also uses) and FaceNet's embeddings ("identity_facenet", a judge no loss here optimises)."""
+    from .identity import identity_similarity
+    from .models.facenet import facenet_embeddings
+
+    out = {"identity_cosine": torch.tensor([identity_similarity(a, b, box) for a, b in
+                                            zip(_faces_np(sr), _faces_np(hr))], dtype=torch.float64)}
+    if (net := _facenet()) is not None:
+        out["identity_facenet"] = (facenet_embeddings(sr.clamp(0, 255), box, net)
+                                   * facenet_embeddings(hr, box, net)).sum(1).double()
+    return out
 
 
 def downstream(sr: torch.Tensor, hr: torch.Tensor, landmarks: np.ndarray, box: Box) -> dict[str, torch.Tensor]:
     """The paper's downstream tasks run on the outputs, per face: dlib's 68 points found on the output, as a
-    fraction of the inter-ocular distance from the true landmarks ("nme_dlib"), and identity similarity."""
+    fraction of the inter-ocular distance from the true landmarks ("nme_dlib"), and identity similarity
+    (`_identities`)."""
     found = _dlib_points(_faces_np(sr), box)
-    return {"nme_dlib": torch.from_numpy(nme(found, landmarks)), "identity_cosine": _identities(sr, hr, box)}
+    return {"nme_dlib": torch.from_numpy(nme(found, landmarks)), **_identities(sr, hr, box)}
 
 
 def _summarise(chunks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -194,7 +213,7 @@ def evaluate_fsrnet(root: Path, name: str, predict: Predict | None, identity: bo
                 per_face["nme_vs_dlib"] = landmark_errors(points, _dlib_points(hr_np, box))["nme"]
         per_face.update(quality(sr, hr))
         if identity:
-            per_face["identity_cosine"] = _identities(sr, hr, box)
+            per_face.update(_identities(sr, hr, box))
         chunks.append(per_face)
     return {"n": len(files), **_summarise(chunks)}
 

@@ -103,3 +103,15 @@ def quality(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor | None = None
             out[f"psnr_y_{name}"] = psnr(ys, yh, m)
             out[f"ssim_y_{name}"] = ssim(ys, yh, m)
     return out
+
+
+def verification_auc(same: "np.ndarray", different: "np.ndarray") -> float:
+    """Face verification AUC: the chance that a same-person pair scores above a different-person pair, ties
+    counted half (the Mann-Whitney statistic over all ordered pairs)."""
+    import numpy as np
+
+    scores = np.concatenate([same, different]).astype(np.float64)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2  # average 1-based rank of each distinct value
+    ranks = mid_rank[inverse]
+    return float((ranks[:len(same)].sum() - len(same) * (len(same) + 1) / 2) / (len(same) * len(different)))
