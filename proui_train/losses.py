@@ -165,7 +165,8 @@ class LossConfig:
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
     identity     not the reference: 1 - cosine of dlib's face-recognition descriptors (its ResNet, ported to torch:
                  `models.dlib_resnet`) of the final output and the HR (`identity_loss`); the network `eval`'s
-                 identity figure is also measured with, so that figure is no independent judge of this term
+                 `identity_cosine` is also measured with; by the independent `identity_facenet` it lowers
+                 identity (docs/training.md, "An identity term"), so it stays off by default
     vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
                  perceptual terms (VGG19 cannot be downloaded here); empty: both terms are off
     """
