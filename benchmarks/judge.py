@@ -29,7 +29,7 @@ def main() -> None:
     from proui_train.data import open_split, open_store, store_template
     from proui_train.identity import face_descriptor
     from proui_train.metrics import verification_auc
-    from proui_train.models.facenet import face_crops, load_facenet
+    from proui_train.models.facenet import facenet_embeddings, load_facenet
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -63,8 +63,7 @@ def main() -> None:
     net = load_facenet()
     for scale in (float(s) for s in args.scales.split(",")):
         start = time.perf_counter()
-        with torch.no_grad():
-            emb = torch.cat([net(face_crops(hr[k:k + 32], box, scale)) for k in range(0, len(hr), 32)])
+        emb = torch.cat([facenet_embeddings(hr[k:k + 32], box, net, scale) for k in range(0, len(hr), 32)])
         report(f"facenet crop x{scale:g}", emb.numpy(), time.perf_counter() - start)
     if not args.no_dlib:
         start = time.perf_counter()

@@ -7,8 +7,9 @@ they are. A model gets the 16x16 input back by inverting that upsampling (`recov
 the same way, reproduces the provided CelebA-1000 files at 44.4 dB PSNR (JPEG noise), where area-reducing
 them (8x8 means, what we did before) hands the model a blurred input and costs it ~0.55 dB. Metrics:
 PSNR/SSIM on Y (BT.601) and RGB, no border crop (`proui_train.metrics`), identity similarity of output vs
-HR by two judges (dlib's descriptors; FaceNet's embeddings, `models/facenet.py`, when installed), and, for a model, the NME of its own stage-3 landmark estimate against dlib's
-68 points on the HR (the sets have no landmark annotation; stated as `nme_vs_dlib`).
+HR by two judges (dlib's descriptors; FaceNet's embeddings, `models/facenet.py`, when installed), and, for a
+model, the NME of its own stage-3 landmark estimate against dlib's 68 points on the HR (the sets have no
+landmark annotation; stated as `nme_vs_dlib`).
 A store split (`--data STORE --split S`) adds the metrics inside / outside the occlusion mask and the NME
 against the store's landmarks.
 """

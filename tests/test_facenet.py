@@ -14,6 +14,7 @@ from proui_train.models.facenet import (
     FaceNet,
     FaceNetUnavailable,
     face_crops,
+    facenet_embeddings,
     facenet_graph_file,
     load_facenet,
     read_graph,
@@ -250,9 +251,8 @@ def test_real_graph_tells_celeba_people_apart(shared_data, dlib_models):
             five = align.landmarks68_to_5(predict_in_box(rgb, boxes[0]))
             faces.append(align.warp_to_template(rgb, align.similarity_transform(five, align.TEMPLATE_5)))
             who.append(person)
-    with torch.no_grad():
-        emb = net(face_crops(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float(),
-                             align.template_box("celeba"))).numpy()
+    emb = facenet_embeddings(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2), align.template_box("celeba"),
+                             net).numpy()
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     cos = emb @ emb.T
     i, j = np.triu_indices(len(faces), 1)

@@ -297,7 +297,7 @@ def face_crops(faces: torch.Tensor, box: tuple[float, float, float, float],
 
 @torch.no_grad()
 def facenet_embeddings(faces: torch.Tensor, box: tuple[float, float, float, float],
-                       net: FaceNet | None = None) -> torch.Tensor:
-    """(N,3,H,W) aligned faces in [0,255] -> (N,512) unit FaceNet embeddings."""
+                       net: FaceNet | None = None, scale: float = CROP_SCALE) -> torch.Tensor:
+    """(N,3,H,W) aligned faces in [0,255] -> (N,512) unit FaceNet embeddings of `face_crops(faces, box, scale)`."""
     net = net or load_facenet()
-    return net(face_crops(faces.float(), box))
+    return net(face_crops(faces.float(), box, scale))
