@@ -3,6 +3,8 @@
 Same-identity pairs against as many different-identity pairs, from a store split's HR faces and CelebA's
 identity file: the FaceNet judge (proui_train.models.facenet) at several crop scales, which is how its
 CROP_SCALE was chosen (on the train split, never on an evaluation split), and dlib's descriptor for reference.
+Each judge's cosine at 1 % false accepts is where eval's VERIFY_THRESHOLD (verified_dlib, verified_facenet)
+comes from.
 
     python benchmarks/judge.py --store STORE --split train --identities ../shared/data/celeba/Anno/identity_CelebA.txt
 """
@@ -27,8 +29,9 @@ def main() -> None:
 
     from proui_data.align import template_box
     from proui_train.data import open_split, open_store, store_template
-    from proui_train.identity import face_descriptor
+    from proui_train.identity import VERIFY_THRESHOLD as DLIB_THRESHOLD, face_descriptor
     from proui_train.metrics import verification_auc
+    from proui_train.models.facenet import CROP_SCALE, VERIFY_THRESHOLD as FACENET_THRESHOLD
     from proui_train.models.facenet import facenet_embeddings, load_facenet
 
     torch.manual_seed(0)
@@ -52,23 +55,26 @@ def main() -> None:
     other = rng.choice(np.flatnonzero(~same), pick.size, replace=False)
     print(f"{len(chosen)} faces of {np.unique(who).size} people; {pick.size} same and {other.size} different pairs")
 
-    def report(name: str, emb: np.ndarray, seconds: float) -> None:
+    def report(name: str, emb: np.ndarray, seconds: float, in_code: float | None = None) -> None:
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         cos = (emb[i] * emb[j]).sum(1)
         far1 = np.quantile(cos[other], 0.99)  # 1 % of different-person pairs score above it
         print(f"{name:>22}: AUC {verification_auc(cos[pick], cos[other]):.4f}  same {cos[pick].mean():.3f}  "
               f"different {cos[other].mean():.3f}  threshold at 1 % false accepts {far1:.3f} "
-              f"(same-person pairs above it {np.mean(cos[pick] > far1):.3f})  {1000 * seconds / len(chosen):.0f} ms/face")
+              f"(same-person pairs above it {np.mean(cos[pick] > far1):.3f})  {1000 * seconds / len(chosen):.0f} ms/face"
+              + ("" if in_code is None else f"; eval's VERIFY_THRESHOLD {in_code:.3f}"))
 
     net = load_facenet()
     for scale in (float(s) for s in args.scales.split(",")):
         start = time.perf_counter()
         emb = torch.cat([facenet_embeddings(hr[k:k + 32], box, net, scale) for k in range(0, len(hr), 32)])
-        report(f"facenet crop x{scale:g}", emb.numpy(), time.perf_counter() - start)
+        report(f"facenet crop x{scale:g}", emb.numpy(), time.perf_counter() - start,
+               FACENET_THRESHOLD if scale == CROP_SCALE else None)
     if not args.no_dlib:
         start = time.perf_counter()
         faces = hr.permute(0, 2, 3, 1).byte().numpy()
-        report("dlib", np.stack([face_descriptor(f, box) for f in faces]), time.perf_counter() - start)
+        report("dlib", np.stack([face_descriptor(f, box) for f in faces]), time.perf_counter() - start,
+               DLIB_THRESHOLD)
 
 
 if __name__ == "__main__":

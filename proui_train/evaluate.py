@@ -7,9 +7,9 @@ they are. A model gets the 16x16 input back by inverting that upsampling (`recov
 the same way, reproduces the provided CelebA-1000 files at 44.4 dB PSNR (JPEG noise), where area-reducing
 them (8x8 means, what we did before) hands the model a blurred input and costs it ~0.55 dB. Metrics:
 PSNR/SSIM on Y (BT.601) and RGB, no border crop (`proui_train.metrics`), identity similarity of output vs
-HR by two judges (dlib's descriptors; FaceNet's embeddings, `models/facenet.py`, when installed), and, for a
-model, the NME of its own stage-3 landmark estimate against dlib's 68 points on the HR (the sets have no
-landmark annotation; stated as `nme_vs_dlib`).
+HR by two judges (dlib's descriptors; FaceNet's embeddings, `models/facenet.py`, when installed) with the share
+of outputs each judge verifies as their person, and, for a model, the NME of its own stage-3 landmark estimate
+against dlib's 68 points on the HR (the sets have no landmark annotation; stated as `nme_vs_dlib`).
 A store split (`--data STORE --split S`) adds the metrics inside / outside the occlusion mask and the NME
 against the store's landmarks.
 """
@@ -167,16 +167,20 @@ def _facenet():
 
 
 def _identities(sr: torch.Tensor, hr: torch.Tensor, box: Box) -> dict[str, torch.Tensor]:
-    """(B,) cosines of each output and its HR: dlib's descriptors ("identity_cosine", the network the identity
-    loss also uses) and FaceNet's embeddings ("identity_facenet", a judge no loss here optimises)."""
-    from .identity import identity_similarity
-    from .models.facenet import facenet_embeddings
+    """(B,) cosines of each output and its HR by two judges, dlib's descriptors ("identity_cosine") and FaceNet's
+    embeddings ("identity_facenet"), each the independent judge of an identity loss trained with the other
+    (`loss.identity_net`); and, scale-free, whether each judge takes the output for its person ("verified_dlib",
+    "verified_facenet": the cosine is at or above the judge's threshold at 1 % false accepts)."""
+    from .identity import VERIFY_THRESHOLD as DLIB_THRESHOLD, identity_similarity
+    from .models.facenet import VERIFY_THRESHOLD as FACENET_THRESHOLD, facenet_embeddings
 
-    out = {"identity_cosine": torch.tensor([identity_similarity(a, b, box) for a, b in
-                                            zip(_faces_np(sr), _faces_np(hr))], dtype=torch.float64)}
+    dlib_cos = torch.tensor([identity_similarity(a, b, box) for a, b in zip(_faces_np(sr), _faces_np(hr))],
+                            dtype=torch.float64)
+    out = {"identity_cosine": dlib_cos, "verified_dlib": (dlib_cos >= DLIB_THRESHOLD).double()}
     if (net := _facenet()) is not None:
-        out["identity_facenet"] = (facenet_embeddings(sr.clamp(0, 255), box, net)
-                                   * facenet_embeddings(hr, box, net)).sum(1).double()
+        facenet_cos = (facenet_embeddings(sr.clamp(0, 255), box, net) * facenet_embeddings(hr, box, net)).sum(1)
+        out["identity_facenet"] = facenet_cos.double()
+        out["verified_facenet"] = (facenet_cos >= FACENET_THRESHOLD).double()
     return out
 
 

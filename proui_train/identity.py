@@ -12,6 +12,10 @@ import numpy as np
 from proui_data.align import TEMPLATE_BOX
 from proui_data.detect import dlib_models_dir
 
+# The cosine above which two faces count as one person: 1 % of different-person pairs of HR CelebA train faces
+# score above it (`benchmarks/judge.py`, which prints it); a scale-free reading of `identity_similarity`.
+VERIFY_THRESHOLD = 0.912
+
 
 @functools.lru_cache(maxsize=None)
 def _models():

@@ -28,6 +28,7 @@ def l2_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None 
 
 
 HEATMAP_LOSSES = ("mse", "weighted")
+IDENTITY_NETS = ("dlib", "facenet")
 FOREGROUND_LEVEL = 0.2  # a target pixel >= this (after a 3x3 dilation) is foreground for the weighted loss
 
 
@@ -163,10 +164,11 @@ class LossConfig:
     feature_matching  not the reference: L1 between the discriminators' block outputs on the output and on the HR
                  (`feature_matching_loss`), during the adversarial phase; a perceptual term without VGG
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
-    identity     not the reference: 1 - cosine of dlib's face-recognition descriptors (its ResNet, ported to torch:
-                 `models.dlib_resnet`) of the final output and the HR (`identity_loss`); the network `eval`'s
-                 `identity_cosine` is also measured with; by the independent `identity_facenet` it lowers
-                 identity (docs/training.md, "An identity term"), so it stays off by default
+    identity     not the reference: 1 - cosine of face-recognition descriptors of the final output and the HR
+                 (`identity_loss`), by the network `identity_net` names; off by default (docs/training.md,
+                 "An identity term": with dlib as the loss, FaceNet's independent figure falls)
+    identity_net "dlib" (its ResNet ported to torch, `models.dlib_resnet`; `eval`'s `identity_cosine`) or
+                 "facenet" (`models.facenet`; `eval`'s `identity_facenet`)
     vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
                  perceptual terms (VGG19 cannot be downloaded here); empty: both terms are off
     """
@@ -186,13 +188,16 @@ class LossConfig:
     feature_matching: float = 0.0
     mask_weight: float = 0.0
     identity: float = 0.0
+    identity_net: str = "dlib"
     vgg_weights: str = ""
 
     def __post_init__(self) -> None:
-        scalars = ("adversarial", "local_adversarial", "feature_matching", "mask_weight", "identity", "vgg_weights",
-                   "heatmap_kind", "heatmap_foreground")
+        scalars = ("adversarial", "local_adversarial", "feature_matching", "mask_weight", "identity", "identity_net",
+                   "vgg_weights", "heatmap_kind", "heatmap_foreground")
         if self.heatmap_kind not in HEATMAP_LOSSES:
             raise ValueError(f"heatmap_kind must be one of {HEATMAP_LOSSES}, got {self.heatmap_kind!r}")
+        if self.identity_net not in IDENTITY_NETS:
+            raise ValueError(f"identity_net must be one of {IDENTITY_NETS}, got {self.identity_net!r}")
         lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if f.name not in scalars}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every per-stage weight needs one value per stage, got lengths {lengths}")

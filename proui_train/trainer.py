@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from proui_data.align import template_box
 from proui_data.schema import HR_SIZE
 from proui_train.targets import render_heatmaps_torch, to_map_pixels
 
@@ -194,13 +195,19 @@ class ProUIGANTrainer:
         self.ema.load_state_dict(state)
 
     def _load_identity(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """With loss.identity: aligned [-1, 1] faces of the training store's frame -> dlib's descriptors."""
+        """With loss.identity: aligned [-1, 1] faces of the training store's frame -> the descriptors of the
+        network loss.identity_net names."""
         if not self.cfg.loss.identity:
             return None
+        template = store_template(self.cfg.data.store)
+        if self.cfg.loss.identity_net == "facenet":
+            from .models.facenet import face_crops, load_facenet
+
+            facenet, box = load_facenet().to(self.device), template_box(template)
+            return lambda faces: facenet(face_crops((faces.float() + 1.0) * 127.5, box))
         from .models.dlib_resnet import face_chips, load_dlib_face_resnet
 
         net = load_dlib_face_resnet().to(self.device)
-        template = store_template(self.cfg.data.store)
         return lambda faces: net(face_chips((faces.float() + 1.0) * 127.5, template))
 
     def _load_vgg(self):

@@ -100,6 +100,29 @@ def test_identity_term_trains_with_dlibs_descriptor(demo_store, tmp_path):
     assert 0 < out["loss/identity"] < 2
 
 
+def test_identity_term_with_facenet_is_evals_judge(demo_store, tmp_path):
+    """loss.identity_net = "facenet": the term's descriptor is the embedding `eval`'s identity_facenet uses,
+    the gradient reaches the output, and a run logs the term."""
+    from proui_data.align import template_box
+    from proui_train.data import open_split, store_template
+    from proui_train.models.facenet import FaceNetUnavailable, facenet_embeddings
+
+    cfg = small_config(demo_store, tmp_path / "fn", 1, **{"loss.identity": 0.15, "loss.identity_net": "facenet"})
+    try:
+        trainer = trainer_mod.ProUIGANTrainer(cfg, torch.device("cpu"))
+    except FaceNetUnavailable as err:
+        pytest.skip(str(err))
+    hr = torch.from_numpy(open_split(demo_store, "train")["hr"][:4]).permute(0, 3, 1, 2).float()
+    faces = (hr / 127.5 - 1.0).requires_grad_(True)
+    embeddings = trainer.identity(faces)
+    want = facenet_embeddings(hr, template_box(store_template(demo_store)))
+    torch.testing.assert_close(embeddings.detach(), want, atol=1e-4, rtol=0)
+    embeddings[:, 0].sum().backward()
+    assert faces.grad.abs().sum() > 0
+    out = train_mod.train(cfg, progress=False)
+    assert 0 < out["loss/identity"] < 2
+
+
 def test_nonfinite_losses_are_skipped_then_stop(demo_store, tmp_path, monkeypatch):
     real = trainer_mod.generator_loss
 

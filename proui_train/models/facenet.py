@@ -30,6 +30,9 @@ INPUT_SIZE = 160
 # a margin of about 0.3 box; dlib's box is tighter than MTCNN's. Chosen by verification AUC on HR train
 # faces (benchmarks/judge.py), never on the evaluation splits.
 CROP_SCALE = 1.35
+# The cosine above which two faces count as one person: 1 % of different-person pairs of HR CelebA train faces
+# score above it at CROP_SCALE (`benchmarks/judge.py`, which prints it).
+VERIFY_THRESHOLD = 0.576
 
 
 class FaceNetUnavailable(FileNotFoundError):
