@@ -166,7 +166,7 @@ class LossConfig:
     mask_weight  not the reference: face_l2 and out_l2 weigh pixels inside the occlusion mask 1 + mask_weight
     identity     not the reference: 1 - cosine of face-recognition descriptors of the final output and the HR
                  (`identity_loss`), by the network `identity_net` names; off by default (docs/training.md,
-                 "An identity term": with dlib as the loss, FaceNet's independent figure falls)
+                 "An identity term": either network as the loss raises its own figure and lowers the other's)
     identity_net "dlib" (its ResNet ported to torch, `models.dlib_resnet`; `eval`'s `identity_cosine`) or
                  "facenet" (`models.facenet`; `eval`'s `identity_facenet`)
     vgg_weights  a local torchvision `vgg19` state dict (.pth) or .safetensors file for the style and
